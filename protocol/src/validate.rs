@@ -1,0 +1,331 @@
+//! Validation of desired state: every problem, each with the path to it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::spec::{DesiredState, DeviceSpec, QosSpec, SliceSpec, WorkloadKind, WorkloadSpec};
+
+/// One problem found in a document, e.g. `workloads[2].slice: unknown slice "video"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: `slices[0].vlan_id`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// All problems found in a document; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Invalid(pub Vec<Problem>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(Problem::to_string).collect();
+        write!(f, "{}", lines.join("; "))
+    }
+}
+
+/// Longest object or device name.
+pub const MAX_NAME_LEN: usize = 63;
+/// Smallest guest memory a VM may ask for.
+pub const MIN_VM_MEMORY_MIB: u32 = 16;
+/// Most vCPUs a VM may ask for.
+pub const MAX_VCPUS: u8 = 64;
+
+/// Checks a device or object name: 1..=63 of `a-z 0-9 -`, not starting or
+/// ending with `-`. Such names are safe in MQTT topics, file names and
+/// interface names.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "name {name:?} must be 1 to {MAX_NAME_LEN} characters"
+        ));
+    }
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok_chars || name.starts_with('-') || name.ends_with('-') {
+        return Err(format!(
+            "name {name:?} may hold only a-z, 0-9 and '-', and not start or end with '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an image reference pinned by digest: `<repo>@sha256:<64 hex>`.
+pub fn check_image_ref(reference: &str) -> Result<(), String> {
+    let Some((repo, digest)) = reference.split_once('@') else {
+        return Err(format!(
+            "image {reference:?} must be pinned by digest: <repository>@sha256:<64 hex digits>"
+        ));
+    };
+    let hex_ok = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    if repo.is_empty() || repo.contains(char::is_whitespace) || !hex_ok {
+        return Err(format!(
+            "image {reference:?} must be pinned by digest: <repository>@sha256:<64 hex digits>"
+        ));
+    }
+    Ok(())
+}
+
+/// An IPv4 network parsed from CIDR text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    /// Network address (host bits cleared).
+    pub addr: Ipv4Addr,
+    /// Prefix length, 0..=32.
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    /// Parses `a.b.c.d/len`; host bits must be zero.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let err = || format!("{text:?} is not an IPv4 network like 10.20.0.0/24");
+        let (addr, len) = text.split_once('/').ok_or_else(err)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| err())?;
+        let prefix: u8 = len.parse().map_err(|_| err())?;
+        if prefix > 32 {
+            return Err(err());
+        }
+        let net = Ipv4Net { addr, prefix };
+        if u32::from(addr) & !net.mask() != 0 {
+            return Err(format!("{text:?} has host bits set"));
+        }
+        Ok(net)
+    }
+
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
+    }
+
+    /// Whether two networks share any address.
+    pub fn overlaps(&self, other: &Ipv4Net) -> bool {
+        let mask = self.mask() & other.mask();
+        u32::from(self.addr) & mask == u32::from(other.addr) & mask
+    }
+}
+
+impl DesiredState {
+    /// Validates the whole document, including that its content hash matches.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut problems = Vec::new();
+        if let Err(message) = check_name(&self.device) {
+            problems.push(Problem {
+                path: "device".into(),
+                message,
+            });
+        }
+        if self.generation == 0 {
+            problems.push(Problem {
+                path: "generation".into(),
+                message: "generation must be at least 1".into(),
+            });
+        }
+        let hash = self.spec.content_hash();
+        if self.content_hash != hash {
+            problems.push(Problem {
+                path: "content_hash".into(),
+                message: format!("is {:?} but the spec hashes to {hash:?}", self.content_hash),
+            });
+        }
+        problems.extend(self.spec.problems());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(problems))
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Validates slices and workloads and the references between them.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(problems))
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut names = HashSet::new();
+        let mut vlans: HashMap<(&str, u16), &str> = HashMap::new();
+        let mut subnets: Vec<(&str, Ipv4Net)> = Vec::new();
+        for (i, slice) in self.slices.iter().enumerate() {
+            let at = |field: &str| format!("slices[{i}].{field}");
+            slice_problems(slice, &at, &mut out);
+            if !names.insert(slice.name.as_str()) {
+                out.push(Problem {
+                    path: at("name"),
+                    message: format!("duplicate slice name {:?}", slice.name),
+                });
+            }
+            if let Some(other) = vlans.insert((&slice.uplink, slice.vlan_id), &slice.name) {
+                out.push(Problem {
+                    path: at("vlan_id"),
+                    message: format!(
+                        "VLAN {} on uplink {:?} is already used by slice {other:?}",
+                        slice.vlan_id, slice.uplink
+                    ),
+                });
+            }
+            if let Some(Ok(net)) = slice.subnet.as_deref().map(Ipv4Net::parse) {
+                if let Some((other, _)) = subnets.iter().find(|(_, n)| n.overlaps(&net)) {
+                    out.push(Problem {
+                        path: at("subnet"),
+                        message: format!("overlaps the subnet of slice {other:?}"),
+                    });
+                }
+                subnets.push((&slice.name, net));
+            }
+        }
+        let slice_names: HashSet<&str> = self.slices.iter().map(|s| s.name.as_str()).collect();
+        let mut workload_names = HashSet::new();
+        for (i, workload) in self.workloads.iter().enumerate() {
+            let at = |field: &str| format!("workloads[{i}].{field}");
+            workload_problems(workload, &at, &mut out);
+            if !workload_names.insert(workload.name.as_str()) {
+                out.push(Problem {
+                    path: at("name"),
+                    message: format!("duplicate workload name {:?}", workload.name),
+                });
+            }
+            if let Some(slice) = &workload.slice {
+                if !slice_names.contains(slice.as_str()) {
+                    out.push(Problem {
+                        path: at("slice"),
+                        message: format!("unknown slice {slice:?}"),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// `sha256:<hex>` of the CBOR encoding of this spec.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(crate::codec::encode(self));
+        format!("sha256:{}", hex::encode(digest))
+    }
+}
+
+fn push(out: &mut Vec<Problem>, path: String, result: Result<(), String>) {
+    if let Err(message) = result {
+        out.push(Problem { path, message });
+    }
+}
+
+fn slice_problems(slice: &SliceSpec, at: &dyn Fn(&str) -> String, out: &mut Vec<Problem>) {
+    push(out, at("name"), check_name(&slice.name));
+    if !(1..=4094).contains(&slice.vlan_id) {
+        out.push(Problem {
+            path: at("vlan_id"),
+            message: format!("VLAN {} is outside 1..4094", slice.vlan_id),
+        });
+    }
+    let uplink_ok = !slice.uplink.is_empty()
+        && slice.uplink.len() < 16
+        && !slice.uplink.contains(['/', ' ', '\0']);
+    if !uplink_ok {
+        out.push(Problem {
+            path: at("uplink"),
+            message: format!(
+                "uplink {:?} is not a valid interface name (1 to 15 characters, no '/' or spaces)",
+                slice.uplink
+            ),
+        });
+    }
+    qos_problems(&slice.qos, at, out);
+    if let Some(subnet) = &slice.subnet {
+        push(out, at("subnet"), Ipv4Net::parse(subnet).map(|_| ()));
+    }
+}
+
+fn qos_problems(qos: &QosSpec, at: &dyn Fn(&str) -> String, out: &mut Vec<Problem>) {
+    if qos.tier.is_none() && qos.cir_kbit.is_none() {
+        out.push(Problem {
+            path: at("qos"),
+            message: "give a tier (gold, silver, bronze) or an explicit cir_kbit".into(),
+        });
+    }
+    if qos.cir_kbit == Some(0) {
+        out.push(Problem {
+            path: at("qos.cir_kbit"),
+            message: "CIR must be above 0".into(),
+        });
+    }
+    if let (Some(cir), Some(pir)) = (qos.cir_kbit, qos.pir_kbit) {
+        if pir < cir {
+            out.push(Problem {
+                path: at("qos.pir_kbit"),
+                message: format!("PIR {pir} kbit/s is below the CIR {cir} kbit/s"),
+            });
+        }
+    }
+    if qos.priority.is_some_and(|p| p > 7) {
+        out.push(Problem {
+            path: at("qos.priority"),
+            message: "priority must be 0..=7".into(),
+        });
+    }
+}
+
+fn workload_problems(w: &WorkloadSpec, at: &dyn Fn(&str) -> String, out: &mut Vec<Problem>) {
+    push(out, at("name"), check_name(&w.name));
+    if w.resources.memory_mib == 0 {
+        out.push(Problem {
+            path: at("resources.memory_mib"),
+            message: "memory must be at least 1 MiB".into(),
+        });
+    }
+    match &w.kind {
+        WorkloadKind::Container(c) => {
+            push(out, at("container.image"), check_image_ref(&c.image));
+            for (j, var) in c.env.iter().enumerate() {
+                if var.name.is_empty() || var.name.contains(['=', '\0']) {
+                    out.push(Problem {
+                        path: at(&format!("container.env[{j}].name")),
+                        message: format!("{:?} is not a valid variable name", var.name),
+                    });
+                }
+            }
+        }
+        WorkloadKind::Vm(vm) => {
+            push(out, at("vm.kernel"), check_image_ref(&vm.kernel));
+            if let Some(initrd) = &vm.initrd {
+                push(out, at("vm.initrd"), check_image_ref(initrd));
+            }
+            for (j, disk) in vm.disks.iter().enumerate() {
+                push(out, at(&format!("vm.disks[{j}].image")), check_image_ref(&disk.image));
+            }
+            if !(1..=MAX_VCPUS).contains(&vm.vcpus) {
+                out.push(Problem {
+                    path: at("vm.vcpus"),
+                    message: format!("vcpus must be 1..={MAX_VCPUS}"),
+                });
+            }
+            if w.resources.memory_mib != 0 && w.resources.memory_mib < MIN_VM_MEMORY_MIB {
+                out.push(Problem {
+                    path: at("resources.memory_mib"),
+                    message: format!("a VM needs at least {MIN_VM_MEMORY_MIB} MiB"),
+                });
+            }
+        }
+    }
+}
