@@ -66,9 +66,9 @@ pub fn check_image_ref(reference: &str) -> Result<(), String> {
             "image {reference:?} must be pinned by digest: <repository>@sha256:<64 hex digits>"
         ));
     };
-    let hex_ok = digest
-        .strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    let hex_ok = digest.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
     if repo.is_empty() || repo.contains(char::is_whitespace) || !hex_ok {
         return Err(format!(
             "image {reference:?} must be pinned by digest: <repository>@sha256:<64 hex digits>"
@@ -312,7 +312,11 @@ fn workload_problems(w: &WorkloadSpec, at: &dyn Fn(&str) -> String, out: &mut Ve
                 push(out, at("vm.initrd"), check_image_ref(initrd));
             }
             for (j, disk) in vm.disks.iter().enumerate() {
-                push(out, at(&format!("vm.disks[{j}].image")), check_image_ref(&disk.image));
+                push(
+                    out,
+                    at(&format!("vm.disks[{j}].image")),
+                    check_image_ref(&disk.image),
+                );
             }
             if !(1..=MAX_VCPUS).contains(&vm.vcpus) {
                 out.push(Problem {

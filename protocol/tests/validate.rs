@@ -1,0 +1,140 @@
+//! Validation reports every problem with its path.
+
+mod common;
+
+use mecvisor_protocol::*;
+
+fn problems(spec: &DeviceSpec) -> Vec<String> {
+    match spec.validate() {
+        Ok(()) => vec![],
+        Err(invalid) => invalid.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn sample_is_valid() {
+    assert_eq!(problems(&common::sample_spec()), Vec::<String>::new());
+}
+
+#[test]
+fn every_problem_is_listed_with_its_path() {
+    let mut spec = common::sample_spec();
+    spec.slices[1].vlan_id = 4095;
+    spec.workloads[0].slice = Some("radio".into());
+    spec.workloads[1].resources.memory_mib = 0;
+    spec.workloads.push(spec.workloads[0].clone());
+    let found = problems(&spec);
+    for expected in [
+        "slices[1].vlan_id: VLAN 4095 is outside 1..4094",
+        "workloads[0].slice: unknown slice \"radio\"",
+        "workloads[1].resources.memory_mib: memory must be at least 1 MiB",
+        "workloads[2].name: duplicate workload name \"transcoder\"",
+        "workloads[2].slice: unknown slice \"radio\"",
+    ] {
+        assert!(
+            found.iter().any(|p| p == expected),
+            "missing {expected:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), 5, "{found:#?}");
+}
+
+#[test]
+fn conflicting_slices_are_refused() {
+    let mut spec = common::sample_spec();
+    spec.slices[1].vlan_id = 100;
+    spec.slices[1].subnet = Some("10.100.0.128/25".into());
+    spec.slices.push(spec.slices[0].clone());
+    let found = problems(&spec);
+    assert!(
+        found.contains(
+            &"slices[1].vlan_id: VLAN 100 on uplink \"eth0\" is already used by slice \"video\""
+                .to_string()
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found.contains(&"slices[1].subnet: overlaps the subnet of slice \"video\"".to_string()),
+        "{found:#?}"
+    );
+    assert!(
+        found.contains(&"slices[2].name: duplicate slice name \"video\"".to_string()),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn images_must_be_pinned_by_digest() {
+    let mut spec = common::sample_spec();
+    if let WorkloadKind::Container(c) = &mut spec.workloads[0].kind {
+        c.image = "registry.local/transcoder:latest".into();
+    }
+    let found = problems(&spec);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("workloads[0].container.image: "),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn names_follow_dns_label_rules() {
+    for good in ["a", "edge-1", "x".repeat(63).as_str()] {
+        assert!(validate::check_name(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "-a",
+        "a-",
+        "Edge",
+        "a/b",
+        "a+b",
+        "a#",
+        "x".repeat(64).as_str(),
+    ] {
+        assert!(validate::check_name(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn content_hash_must_match_the_spec() {
+    let mut state = common::sample_state(3);
+    assert!(state.validate().is_ok());
+    state.spec.workloads.pop();
+    let err = state.validate().expect_err("hash mismatch");
+    assert_eq!(err.0[0].path, "content_hash");
+}
+
+#[test]
+fn yaml_form_is_what_an_operator_writes() {
+    let yaml = r#"
+slices:
+  - name: video
+    vlan_id: 100
+    uplink: eth0
+    qos: { tier: gold }
+workloads:
+  - name: cam
+    container:
+      image: "reg.local/cam@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    slice: video
+    resources: { memory_mib: 64 }
+    restart: on-failure
+"#;
+    let spec: DeviceSpec = serde_norway::from_str(yaml).expect("parses");
+    assert!(spec.validate().is_ok());
+    assert_eq!(spec.workloads[0].restart, RestartPolicy::OnFailure);
+    assert_eq!(spec.workloads[0].kind.name(), "container");
+}
+
+#[test]
+fn subnets_parse_and_overlap() {
+    use validate::Ipv4Net;
+    let a = Ipv4Net::parse("10.0.0.0/8").expect("a");
+    let b = Ipv4Net::parse("10.20.0.0/16").expect("b");
+    let c = Ipv4Net::parse("192.168.1.0/24").expect("c");
+    assert!(a.overlaps(&b) && b.overlaps(&a));
+    assert!(!a.overlaps(&c));
+    assert!(Ipv4Net::parse("10.0.0.1/8").is_err());
+    assert!(Ipv4Net::parse("10.0.0.0/33").is_err());
+}
