@@ -1,1 +1,139 @@
-fn main() {}
+//! `edge-agent`: keeps an edge box converged on the desired state signed by
+//! the fleet controller. See the modules for the pieces.
+
+use edge_agent::{agent, config, status};
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// mecvisor edge agent: keeps an edge box converged on its desired state.
+#[derive(Debug, Parser)]
+#[command(name = "edge-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent: connect to the broker, accept signed desired state,
+    /// reconcile it, and report back. Stops on SIGTERM/SIGINT.
+    Run {
+        /// Agent configuration file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Log line format on stderr (filter with RUST_LOG, default info).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Show the agent's status; reads the store directly (and says the agent
+    /// is not running) when no agent answers on the socket.
+    Status {
+        /// Agent configuration file; its data_dir locates socket and store.
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "socket",
+            conflicts_with = "socket"
+        )]
+        config: Option<PathBuf>,
+        /// Status socket of the agent; the store is agent.db next to it.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Output format: a table for humans (default) or the JSON document.
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<Output>,
+    },
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Status output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// The status JSON document.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
+            let config = match config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match agent::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status {
+            config,
+            socket,
+            output,
+        } => {
+            let (socket, db, device) = match (config, socket) {
+                (Some(path), _) => match config::Config::load(&path) {
+                    Ok(c) => (c.socket_path(), c.db_path(), Some(c.device)),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, Some(socket)) => {
+                    let db = socket.with_file_name("agent.db");
+                    (socket, db, None)
+                }
+                (None, None) => unreachable!("clap requires --config or --socket"),
+            };
+            match status::query(&socket, &db, device.as_deref()) {
+                Ok(status) => {
+                    match output {
+                        Some(Output::Json) => match serde_json::to_string_pretty(&status) {
+                            Ok(text) => println!("{text}"),
+                            Err(e) => {
+                                eprintln!("error: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        },
+                        None => print!("{}", status::render(&status)),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

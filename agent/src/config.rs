@@ -1,0 +1,382 @@
+//! The agent's TOML configuration: parsed, then validated as a whole so an
+//! operator sees every problem at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use mecvisor_protocol::envelope::verifying_key_from_hex;
+use mecvisor_protocol::validate::check_name;
+use mqtt_transport::{BrokerUrl, Scheme};
+use serde::Deserialize;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// Config file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("cannot parse config {path}: {message}")]
+    Parse {
+        /// Config file.
+        path: PathBuf,
+        /// Parser message, with line and column.
+        message: String,
+    },
+    /// The file parsed but some values are invalid.
+    #[error("invalid config {path}: {}", problems.join("; "))]
+    Invalid {
+        /// Config file.
+        path: PathBuf,
+        /// Every problem found, each as `key: message`.
+        problems: Vec<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    device: String,
+    data_dir: PathBuf,
+    controller_key: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    mqtt: RawMqtt,
+    #[serde(default)]
+    outbox: RawOutbox,
+    #[serde(default)]
+    timers: RawTimers,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    url: String,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default = "default_keep_alive")]
+    keep_alive_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    #[serde(default = "default_max_entries")]
+    max_entries: u64,
+}
+
+impl Default for RawOutbox {
+    fn default() -> Self {
+        RawOutbox {
+            max_entries: default_max_entries(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimers {
+    #[serde(default = "default_metrics_interval")]
+    metrics_interval_s: u64,
+    #[serde(default = "default_resync_interval")]
+    resync_interval_s: u64,
+}
+
+impl Default for RawTimers {
+    fn default() -> Self {
+        RawTimers {
+            metrics_interval_s: default_metrics_interval(),
+            resync_interval_s: default_resync_interval(),
+        }
+    }
+}
+
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_max_entries() -> u64 {
+    10_000
+}
+fn default_metrics_interval() -> u64 {
+    60
+}
+fn default_resync_interval() -> u64 {
+    30
+}
+
+/// Smallest outbox bound accepted; below this the drop policy makes no sense.
+pub const MIN_OUTBOX_ENTRIES: u64 = 10;
+
+/// Validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This device's name; also the MQTT client id.
+    pub device: String,
+    /// Directory holding `agent.db` and `agent.sock`.
+    pub data_dir: PathBuf,
+    /// The controller's Ed25519 public key; desired state must be signed by it.
+    pub controller_key: VerifyingKey,
+    /// Labels sent in every hello, matched by manifest selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Broker connection.
+    pub mqtt: MqttConfig,
+    /// Bound of the durable outbox.
+    pub outbox_max_entries: u64,
+    /// Seconds between agent metrics reports.
+    pub metrics_interval_s: u64,
+    /// Seconds between periodic reconcile passes.
+    pub resync_interval_s: u64,
+}
+
+/// Where and how to reach the broker.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Broker address, `mqtt://` or `mqtts://`.
+    pub url: BrokerUrl,
+    /// TLS files when the URL is `mqtts://`.
+    pub tls: Option<TlsFiles>,
+    /// MQTT keep-alive in seconds.
+    pub keep_alive_s: u64,
+}
+
+/// PEM files for a mutually authenticated TLS connection.
+pub use mqtt_transport::TlsFiles;
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut problems = Vec::new();
+        if let Err(message) = check_name(&raw.device) {
+            problems.push(format!("device: {message}"));
+        }
+        if raw.data_dir.as_os_str().is_empty() {
+            problems.push("data_dir: must not be empty".to_string());
+        }
+        let key = match verifying_key_from_hex(&raw.controller_key) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                problems.push(format!("controller_key: {e}"));
+                None
+            }
+        };
+        for (k, v) in &raw.labels {
+            if k.is_empty() || k.len() > 63 || v.len() > 253 {
+                problems.push(format!(
+                    "labels.{k}: keys must be 1 to 63 bytes and values at most 253 bytes"
+                ));
+            }
+        }
+        let endpoint = BrokerUrl::parse(&raw.mqtt.url);
+        if let Err(e) = &endpoint {
+            problems.push(format!("mqtt.url: {e}"));
+        }
+        let tls = match &endpoint {
+            Ok(url) if url.scheme == Scheme::Mqtts => tls_files(&raw.mqtt, &mut problems),
+            _ => None,
+        };
+        if !(1..=65_535).contains(&raw.mqtt.keep_alive_s) {
+            problems.push("mqtt.keep_alive_s: must be 1 to 65535 seconds".to_string());
+        }
+        if raw.outbox.max_entries < MIN_OUTBOX_ENTRIES {
+            problems.push(format!(
+                "outbox.max_entries: must be at least {MIN_OUTBOX_ENTRIES}"
+            ));
+        }
+        if raw.timers.metrics_interval_s == 0 {
+            problems.push("timers.metrics_interval_s: must be at least 1".to_string());
+        }
+        if raw.timers.resync_interval_s == 0 {
+            problems.push("timers.resync_interval_s: must be at least 1".to_string());
+        }
+        match (key, endpoint) {
+            (Some(controller_key), Ok(url)) if problems.is_empty() => Ok(Config {
+                device: raw.device,
+                data_dir: raw.data_dir,
+                controller_key,
+                labels: raw.labels,
+                mqtt: MqttConfig {
+                    url,
+                    tls,
+                    keep_alive_s: raw.mqtt.keep_alive_s,
+                },
+                outbox_max_entries: raw.outbox.max_entries,
+                metrics_interval_s: raw.timers.metrics_interval_s,
+                resync_interval_s: raw.timers.resync_interval_s,
+            }),
+            _ => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            }),
+        }
+    }
+
+    /// Path of the agent's SQLite store.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("agent.db")
+    }
+
+    /// Path of the status socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.data_dir.join("agent.sock")
+    }
+}
+
+fn tls_files(raw: &RawMqtt, problems: &mut Vec<String>) -> Option<TlsFiles> {
+    let mut check = |name: &str, value: &Option<PathBuf>| -> Option<PathBuf> {
+        match value {
+            None => {
+                problems.push(format!("mqtt.{name}: required for mqtts://"));
+                None
+            }
+            Some(path) if !path.is_file() => {
+                problems.push(format!(
+                    "mqtt.{name}: {} is not a readable file",
+                    path.display()
+                ));
+                None
+            }
+            Some(path) => Some(path.clone()),
+        }
+    };
+    let ca = check("ca", &raw.ca);
+    let cert = check("cert", &raw.cert);
+    let key = check("key", &raw.key);
+    Some(TlsFiles {
+        ca: ca?,
+        cert: cert?,
+        key: key?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = parse(&format!(
+            "device = \"edge-1\"\ndata_dir = \"/tmp/x\"\ncontroller_key = \"{KEY}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1884\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.device, "edge-1");
+        assert_eq!(cfg.mqtt.url.host, "127.0.0.1");
+        assert_eq!(cfg.mqtt.url.port, 1884);
+        assert!(cfg.mqtt.tls.is_none());
+        assert_eq!(cfg.mqtt.keep_alive_s, 30);
+        assert_eq!(cfg.outbox_max_entries, 10_000);
+        assert_eq!(cfg.metrics_interval_s, 60);
+        assert_eq!(cfg.resync_interval_s, 30);
+        assert_eq!(cfg.db_path(), Path::new("/tmp/x/agent.db"));
+    }
+
+    #[test]
+    fn full_config_with_labels() {
+        let cfg = parse(&format!(
+            "device = \"edge-1\"\ndata_dir = \"/d\"\ncontroller_key = \"{KEY}\"\n[labels]\nsite = \"lab\"\n[mqtt]\nurl = \"mqtt://broker\"\nkeep_alive_s = 10\n[outbox]\nmax_entries = 50\n[timers]\nmetrics_interval_s = 5\nresync_interval_s = 7\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.labels.get("site").map(String::as_str), Some("lab"));
+        assert_eq!(cfg.mqtt.url.port, 1883);
+        assert_eq!(cfg.outbox_max_entries, 50);
+        assert_eq!(cfg.metrics_interval_s, 5);
+        assert_eq!(cfg.resync_interval_s, 7);
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let p = problems(
+            "device = \"Edge_1\"\ndata_dir = \"/d\"\ncontroller_key = \"abc\"\n[mqtt]\nurl = \"http://x\"\nkeep_alive_s = 0\n[outbox]\nmax_entries = 1\n",
+        );
+        let joined = p.join("\n");
+        assert!(joined.contains("device:"), "{joined}");
+        assert!(joined.contains("controller_key:"), "{joined}");
+        assert!(joined.contains("mqtt.url:"), "{joined}");
+        assert!(joined.contains("mqtt.keep_alive_s:"), "{joined}");
+        assert!(joined.contains("outbox.max_entries:"), "{joined}");
+        assert_eq!(p.len(), 5, "{joined}");
+    }
+
+    #[test]
+    fn mqtts_requires_existing_files() {
+        let p = problems(&format!(
+            "device = \"edge-1\"\ndata_dir = \"/d\"\ncontroller_key = \"{KEY}\"\n[mqtt]\nurl = \"mqtts://b:8883\"\nca = \"/nonexistent/ca.pem\"\n"
+        ));
+        let joined = p.join("\n");
+        assert!(
+            joined.contains("mqtt.ca: /nonexistent/ca.pem is not a readable file"),
+            "{joined}"
+        );
+        assert!(joined.contains("mqtt.cert: required"), "{joined}");
+        assert!(joined.contains("mqtt.key: required"), "{joined}");
+    }
+
+    #[test]
+    fn mqtts_with_files_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "c.pem", "k.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let d = dir.path().display();
+        let cfg = parse(&format!(
+            "device = \"edge-1\"\ndata_dir = \"/d\"\ncontroller_key = \"{KEY}\"\n[mqtt]\nurl = \"mqtts://b\"\nca = \"{d}/ca.pem\"\ncert = \"{d}/c.pem\"\nkey = \"{d}/k.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.mqtt.url.port, 8883);
+        assert!(cfg.mqtt.tls.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_toml_are_parse_errors() {
+        let err = parse(&format!(
+            "device = \"edge-1\"\ndata_dir = \"/d\"\ncontroller_key = \"{KEY}\"\ncolour = 1\n[mqtt]\nurl = \"mqtt://b\"\n"
+        ))
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("colour"), "{err}");
+        assert!(matches!(parse("device = "), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            parse("device = \"a\""),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_file_is_read_error() {
+        let err = Config::load(Path::new("/nonexistent/agent.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/agent.toml"));
+    }
+}

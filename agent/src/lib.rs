@@ -1,0 +1,24 @@
+//! edge-agent library: the pieces of the mecvisor edge agent, used by the
+//! `edge-agent` binary.
+//!
+//! - [`config`]: TOML configuration.
+//! - [`store`]: SQLite store (desired doc, object states, outbox).
+//! - [`outbox`]: typed outbox helpers.
+//! - [`accept`]: acceptance of signed desired state.
+//! - [`link`]: the MQTT sync link.
+//! - [`runtime`]: the runtime interface per object kind.
+//! - [`reconciler`]: the per-object state machine.
+//! - [`status`]: status socket and `edge-agent status`.
+//! - [`metrics`]: agent self-metrics.
+//! - [`agent`]: wiring and graceful shutdown.
+
+pub mod accept;
+pub mod agent;
+pub mod config;
+pub mod link;
+pub mod metrics;
+pub mod outbox;
+pub mod reconciler;
+pub mod runtime;
+pub mod status;
+pub mod store;

@@ -1,0 +1,792 @@
+//! Drives every object towards the last accepted desired state.
+//!
+//! Per object: `pending -> applying -> running | failed` (retried with its
+//! own exponential backoff), `removing` once no longer desired, and
+//! `unsupported` when this agent has no runtime for its kind. Objects are
+//! independent: one failing never blocks the others. Each pass goes in
+//! order: removals (workloads before slices), slices, artifacts, workloads.
+//! Whenever the set of object states changes it is persisted and a State
+//! report is enqueued.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mecvisor_protocol::{
+    ActualState, DesiredState, ObjectStatus, Phase, ReportBody, RestartPolicy,
+};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::outbox;
+use crate::runtime::{ObjectKind, ObjectSpec, Observed, Runtimes};
+use crate::store::{ObjectRecord, Store};
+
+/// Per-object retry backoff: `base * 2^(attempts-1)`, capped at `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub base: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `attempts` (1-based).
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(20);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// What the reconciler knows about one object.
+#[derive(Debug, Clone)]
+struct Tracked {
+    kind_name: String,
+    kind: Option<ObjectKind>,
+    /// Desired spec; `None` when the object is no longer desired (or loaded
+    /// from the store before the desired document was replayed).
+    spec: Option<ObjectSpec>,
+    fingerprint: Vec<u8>,
+    phase: Phase,
+    message: String,
+    restarts: u32,
+    generation: u64,
+    attempts: u32,
+    next_attempt: Option<Instant>,
+    /// False when the restart policy forbids another attempt.
+    retry: bool,
+    artifacts_ready: bool,
+}
+
+impl Tracked {
+    fn from_record(r: ObjectRecord) -> Tracked {
+        // An object caught mid-apply by a crash is simply applied again.
+        let phase = if r.phase == Phase::Applying {
+            Phase::Pending
+        } else {
+            r.phase
+        };
+        Tracked {
+            kind: ObjectKind::parse(&r.kind),
+            kind_name: r.kind,
+            spec: None,
+            fingerprint: r.spec,
+            phase,
+            message: r.message,
+            restarts: r.restarts,
+            generation: r.generation,
+            attempts: 0,
+            next_attempt: None,
+            retry: true,
+            artifacts_ready: false,
+        }
+    }
+
+    fn set(&mut self, phase: Phase, message: impl Into<String>) {
+        let message = message.into();
+        if self.phase != phase || self.message != message {
+            info!(from = self.phase.as_str(), to = phase.as_str(), %message, "phase change");
+        }
+        self.phase = phase;
+        self.message = message;
+    }
+
+    fn fail(&mut self, message: String, now: Instant, backoff: &Backoff) {
+        self.attempts = self.attempts.saturating_add(1);
+        let delay = backoff.delay(self.attempts);
+        self.next_attempt = Some(now + delay);
+        warn!(attempts = self.attempts, retry_in_ms = delay.as_millis() as u64, %message, "failed");
+        self.set(Phase::Failed, message);
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.next_attempt.is_none_or(|t| t <= now)
+    }
+
+    fn status(&self, name: &str) -> ObjectStatus {
+        ObjectStatus {
+            name: name.to_string(),
+            kind: self.kind_name.clone(),
+            phase: self.phase,
+            message: self.message.clone(),
+            restarts: self.restarts,
+            generation: self.generation,
+        }
+    }
+}
+
+/// Result of one reconcile pass.
+#[derive(Debug)]
+pub struct PassResult {
+    /// The new actual state, when it differs from the last one reported.
+    pub report: Option<ActualState>,
+    /// Earliest time an object wants another attempt.
+    pub next_wake: Option<Instant>,
+}
+
+/// The reconciler: object states, runtimes and the desired document.
+pub struct Reconciler {
+    runtimes: Runtimes,
+    objects: BTreeMap<String, Tracked>,
+    desired: Option<Arc<DesiredState>>,
+    last_reported: Option<ActualState>,
+    backoff: Backoff,
+}
+
+impl Reconciler {
+    /// Creates a reconciler over `runtimes`, resuming from persisted object
+    /// states. The first pass always reports.
+    pub fn new(runtimes: Runtimes, records: Vec<ObjectRecord>, backoff: Backoff) -> Reconciler {
+        Reconciler {
+            runtimes,
+            objects: records
+                .into_iter()
+                .map(|r| (r.name.clone(), Tracked::from_record(r)))
+                .collect(),
+            desired: None,
+            last_reported: None,
+            backoff,
+        }
+    }
+
+    /// Sets the document to converge on.
+    pub fn set_desired(&mut self, desired: Arc<DesiredState>) {
+        info!(generation = desired.generation, hash = %desired.content_hash, "new desired state");
+        self.desired = Some(desired);
+    }
+
+    /// Object states as persisted.
+    pub fn records(&self) -> Vec<ObjectRecord> {
+        self.objects
+            .iter()
+            .map(|(name, t)| ObjectRecord {
+                name: name.clone(),
+                kind: t.kind_name.clone(),
+                phase: t.phase,
+                message: t.message.clone(),
+                restarts: t.restarts,
+                generation: t.generation,
+                spec: t.fingerprint.clone(),
+            })
+            .collect()
+    }
+
+    /// Records that `state` was durably reported, so it is not reported again.
+    pub fn mark_reported(&mut self, state: ActualState) {
+        self.last_reported = Some(state);
+    }
+
+    fn actual(&self) -> ActualState {
+        ActualState {
+            applied_generation: self.desired.as_ref().map_or(0, |d| d.generation),
+            objects: self.objects.iter().map(|(n, t)| t.status(n)).collect(),
+        }
+    }
+
+    /// One pass over every object. Does nothing before a desired document is
+    /// known (objects are left as they are).
+    pub async fn pass(&mut self, now: Instant) -> PassResult {
+        let Some(doc) = self.desired.clone() else {
+            return PassResult {
+                report: None,
+                next_wake: None,
+            };
+        };
+        let desired: Vec<ObjectSpec> = doc
+            .spec
+            .slices
+            .iter()
+            .cloned()
+            .map(ObjectSpec::Slice)
+            .chain(doc.spec.workloads.iter().cloned().map(ObjectSpec::Workload))
+            .collect();
+        self.track(&desired, doc.generation);
+
+        // Removals, workloads before the slices they may use.
+        let mut gone: Vec<(bool, String)> = self
+            .objects
+            .iter()
+            .filter(|(_, t)| t.spec.is_none())
+            .map(|(n, t)| (t.kind == Some(ObjectKind::Slice), n.clone()))
+            .collect();
+        gone.sort();
+        for (_, name) in gone {
+            let span = info_span!("remove", object = %name);
+            self.step_remove(&name, now).instrument(span).await;
+        }
+        let slices: Vec<String> = doc.spec.slices.iter().map(|s| s.name.clone()).collect();
+        let workloads: Vec<String> = doc.spec.workloads.iter().map(|w| w.name.clone()).collect();
+        for name in &slices {
+            let span = info_span!("apply", object = %name, kind = "slice");
+            self.step_apply(name, now).instrument(span).await;
+        }
+        for name in &workloads {
+            let span = info_span!("artifacts", object = %name);
+            self.step_artifacts(name, now).instrument(span).await;
+        }
+        for name in &workloads {
+            let span = info_span!("apply", object = %name);
+            self.step_apply(name, now).instrument(span).await;
+        }
+
+        let actual = self.actual();
+        let report = (self.last_reported.as_ref() != Some(&actual)).then_some(actual);
+        let next_wake = self
+            .objects
+            .values()
+            .filter(|t| matches!(t.phase, Phase::Failed | Phase::Removing) && t.retry)
+            .filter_map(|t| t.next_attempt)
+            .min();
+        PassResult { report, next_wake }
+    }
+
+    /// Starts tracking new objects, resets changed ones, and marks the ones
+    /// no longer desired.
+    fn track(&mut self, desired: &[ObjectSpec], generation: u64) {
+        for t in self.objects.values_mut() {
+            t.spec = None;
+        }
+        for spec in desired {
+            let fingerprint = spec.fingerprint();
+            let kind = spec.kind();
+            match self.objects.get_mut(spec.name()) {
+                Some(t) if t.fingerprint == fingerprint && t.kind == Some(kind) => {
+                    t.spec = Some(spec.clone());
+                }
+                existing => {
+                    let restarts = existing.map_or(0, |t| t.restarts);
+                    debug!(object = spec.name(), generation, "object new or changed");
+                    self.objects.insert(
+                        spec.name().to_string(),
+                        Tracked {
+                            kind_name: kind.as_str().to_string(),
+                            kind: Some(kind),
+                            spec: Some(spec.clone()),
+                            fingerprint,
+                            phase: Phase::Pending,
+                            message: String::new(),
+                            restarts,
+                            generation,
+                            attempts: 0,
+                            next_attempt: None,
+                            retry: true,
+                            artifacts_ready: false,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    async fn step_remove(&mut self, name: &str, now: Instant) {
+        let Some(t) = self.objects.get_mut(name) else {
+            return;
+        };
+        let runtime = t.kind.and_then(|k| self.runtimes.for_kind(k));
+        let nothing_applied = matches!(t.phase, Phase::Pending | Phase::Unsupported);
+        let Some(runtime) = runtime.filter(|_| !nothing_applied) else {
+            info!("no longer desired; nothing was running, forgotten");
+            self.objects.remove(name);
+            return;
+        };
+        if t.phase == Phase::Removing && !t.due(now) {
+            return;
+        }
+        t.set(Phase::Removing, "no longer desired");
+        match runtime.remove(name).await {
+            Ok(()) => {
+                info!("removed");
+                self.objects.remove(name);
+            }
+            Err(e) => {
+                t.attempts = t.attempts.saturating_add(1);
+                t.next_attempt = Some(now + self.backoff.delay(t.attempts));
+                warn!(error = %e, attempts = t.attempts, "remove failed");
+                t.set(Phase::Removing, format!("remove failed: {e}"));
+            }
+        }
+    }
+
+    /// Fetches the artifacts of a workload that is about to be applied.
+    async fn step_artifacts(&mut self, name: &str, now: Instant) {
+        let Some(t) = self.objects.get_mut(name) else {
+            return;
+        };
+        let (Some(kind), Some(spec)) = (t.kind, t.spec.clone()) else {
+            return;
+        };
+        let wants_apply = matches!(t.phase, Phase::Pending | Phase::Unsupported)
+            || (t.phase == Phase::Failed && t.retry && t.due(now));
+        if t.artifacts_ready || !wants_apply || !self.runtimes.has(kind) {
+            return;
+        }
+        let Some(store) = self.runtimes.artifacts.as_deref_mut() else {
+            t.set(Phase::Unsupported, "no artifact store on this agent yet");
+            return;
+        };
+        for reference in spec.artifacts() {
+            if let Err(e) = store.ensure(&reference).await {
+                t.fail(format!("fetching {reference}: {e}"), now, &self.backoff);
+                return;
+            }
+        }
+        debug!("artifacts ready");
+        t.artifacts_ready = true;
+    }
+
+    async fn step_apply(&mut self, name: &str, now: Instant) {
+        // Slice a workload joins, and whether it is up: read before borrowing mutably.
+        let slice_wait = self.objects.get(name).and_then(|t| match &t.spec {
+            Some(ObjectSpec::Workload(w)) => w.slice.as_ref().and_then(|s| {
+                let phase = self.objects.get(s).map(|st| st.phase);
+                (phase != Some(Phase::Running)).then(|| (s.clone(), phase))
+            }),
+            _ => None,
+        });
+        let Some(t) = self.objects.get_mut(name) else {
+            return;
+        };
+        let (Some(kind), Some(spec)) = (t.kind, t.spec.clone()) else {
+            return;
+        };
+        let Some(runtime) = self.runtimes.for_kind(kind) else {
+            t.set(
+                Phase::Unsupported,
+                format!("no {} runtime on this agent yet", kind.runtime_name()),
+            );
+            return;
+        };
+        if t.phase == Phase::Unsupported && t.message.starts_with("no artifact store") {
+            return;
+        }
+        if t.phase == Phase::Running {
+            match runtime.observe(name).await {
+                Ok(Observed::Running) => return,
+                Ok(Observed::Missing) => {
+                    warn!("running object vanished from its runtime; applying again");
+                    t.set(Phase::Pending, "vanished from the runtime; applying again");
+                }
+                Ok(Observed::Stopped { message, success }) => {
+                    let restart = match &spec {
+                        ObjectSpec::Slice(_) => true,
+                        ObjectSpec::Workload(w) => match w.restart {
+                            RestartPolicy::Always => true,
+                            RestartPolicy::OnFailure => !success,
+                            RestartPolicy::Never => false,
+                        },
+                    };
+                    if restart {
+                        t.restarts = t.restarts.saturating_add(1);
+                        t.fail(format!("stopped: {message}"), now, &self.backoff);
+                    } else {
+                        t.retry = false;
+                        t.next_attempt = None;
+                        t.set(
+                            Phase::Failed,
+                            format!("stopped: {message}; not restarted (restart policy)"),
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "observe failed");
+                    return;
+                }
+            }
+        }
+        let ready = match t.phase {
+            Phase::Pending | Phase::Unsupported => true,
+            Phase::Failed => t.retry && t.due(now),
+            Phase::Applying | Phase::Running | Phase::Removing => false,
+        };
+        if !ready {
+            return;
+        }
+        if let Some((slice, phase)) = slice_wait {
+            let phase = phase.map_or("absent", Phase::as_str);
+            t.set(
+                Phase::Pending,
+                format!("waiting for slice {slice} ({phase})"),
+            );
+            return;
+        }
+        if matches!(spec, ObjectSpec::Workload(_)) && !t.artifacts_ready {
+            return;
+        }
+        t.set(Phase::Applying, "");
+        match runtime.apply(&spec).await {
+            Ok(()) => {
+                t.attempts = 0;
+                t.next_attempt = None;
+                t.set(Phase::Running, "");
+            }
+            Err(e) => t.fail(format!("apply failed: {e}"), now, &self.backoff),
+        }
+    }
+}
+
+/// Runs the reconciler until shutdown: a pass whenever a new document
+/// arrives, an object's backoff expires, or `resync` elapses; persists object
+/// states and enqueues a State report whenever they change.
+pub async fn run(
+    mut reconciler: Reconciler,
+    mut desired_rx: watch::Receiver<Option<Arc<DesiredState>>>,
+    store: Rc<RefCell<Store>>,
+    outbox_ready: Rc<Notify>,
+    resync: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if let Some(doc) = desired_rx.borrow_and_update().clone() {
+            if reconciler.desired.as_ref() != Some(&doc) {
+                reconciler.set_desired(doc);
+            }
+        }
+        let now = Instant::now();
+        let generation = reconciler.desired.as_ref().map_or(0, |d| d.generation);
+        let result = reconciler
+            .pass(now)
+            .instrument(info_span!("reconcile", generation))
+            .await;
+        if let Some(state) = result.report {
+            let saved = {
+                let mut store = store.borrow_mut();
+                store.replace_objects(&reconciler.records()).and_then(|()| {
+                    outbox::push_report(&mut store, &ReportBody::State(state.clone()))
+                })
+            };
+            match saved {
+                Ok(e) => {
+                    info!(
+                        seq = e.seq,
+                        objects = state.objects.len(),
+                        generation,
+                        "state report queued"
+                    );
+                    reconciler.mark_reported(state);
+                    outbox_ready.notify_one();
+                }
+                Err(e) => error!(error = %e, "cannot persist object states; will retry"),
+            }
+        }
+        let resync_at = now + resync;
+        let wake = result.next_wake.map_or(resync_at, |w| w.min(resync_at));
+        tokio::select! {
+            changed = desired_rx.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    debug!("reconciler stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    //! The state machine is driven with `TestRuntime`, a fake: this agent has
+    //! no real runtime yet (network slicing, containers and the microVMM are
+    //! later work), so the only way to exercise apply/observe/remove and the
+    //! failure paths is a scripted runtime. It records every call.
+    use super::*;
+    use crate::runtime::{ArtifactStore, Runtime, RuntimeError, RuntimeFuture};
+    use mecvisor_protocol::{
+        ContainerSpec, DeviceSpec, QosSpec, Resources, SliceSpec, WorkloadKind, WorkloadSpec,
+    };
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct Script {
+        calls: Vec<String>,
+        fail_apply: HashMap<String, u32>,
+        observed: HashMap<String, Observed>,
+    }
+
+    #[derive(Clone, Default)]
+    struct TestRuntime(Rc<RefCell<Script>>);
+
+    impl Runtime for TestRuntime {
+        fn apply<'a>(&'a mut self, spec: &'a ObjectSpec) -> RuntimeFuture<'a, ()> {
+            Box::pin(async move {
+                let mut s = self.0.borrow_mut();
+                s.calls.push(format!("apply {}", spec.name()));
+                if let Some(n) = s.fail_apply.get_mut(spec.name()) {
+                    if *n > 0 {
+                        *n -= 1;
+                        return Err(RuntimeError("boom".into()));
+                    }
+                }
+                Ok(())
+            })
+        }
+        fn remove<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, ()> {
+            Box::pin(async move {
+                self.0.borrow_mut().calls.push(format!("remove {name}"));
+                Ok(())
+            })
+        }
+        fn observe<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, Observed> {
+            Box::pin(async move {
+                let s = self.0.borrow();
+                Ok(s.observed.get(name).cloned().unwrap_or(Observed::Running))
+            })
+        }
+    }
+
+    struct TestArtifacts(Rc<RefCell<Script>>);
+    impl ArtifactStore for TestArtifacts {
+        fn ensure<'a>(&'a mut self, reference: &'a str) -> RuntimeFuture<'a, ()> {
+            Box::pin(async move {
+                self.0.borrow_mut().calls.push(format!("fetch {reference}"));
+                Ok(())
+            })
+        }
+    }
+
+    const IMG: &str =
+        "reg/app@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn slice(name: &str, vlan: u16) -> SliceSpec {
+        SliceSpec {
+            name: name.into(),
+            vlan_id: vlan,
+            uplink: "eth0".into(),
+            qos: QosSpec::default(),
+            subnet: None,
+        }
+    }
+
+    fn container(name: &str, slice: Option<&str>) -> WorkloadSpec {
+        WorkloadSpec {
+            name: name.into(),
+            kind: WorkloadKind::Container(ContainerSpec {
+                image: IMG.into(),
+                command: vec![],
+                args: vec![],
+                env: vec![],
+            }),
+            slice: slice.map(str::to_string),
+            resources: Resources {
+                cpu_millis: 0,
+                memory_mib: 64,
+            },
+            restart: RestartPolicy::Always,
+        }
+    }
+
+    fn doc(
+        generation: u64,
+        slices: Vec<SliceSpec>,
+        workloads: Vec<WorkloadSpec>,
+    ) -> Arc<DesiredState> {
+        let spec = DeviceSpec { slices, workloads };
+        Arc::new(DesiredState {
+            device: "edge-1".into(),
+            generation,
+            content_hash: spec.content_hash(),
+            spec,
+        })
+    }
+
+    fn phases(r: &Reconciler) -> Vec<(String, Phase)> {
+        r.objects
+            .iter()
+            .map(|(n, t)| (n.clone(), t.phase))
+            .collect()
+    }
+
+    fn with_runtimes() -> (Reconciler, Rc<RefCell<Script>>) {
+        let script = Rc::new(RefCell::new(Script::default()));
+        let rt = TestRuntime(script.clone());
+        let runtimes = Runtimes {
+            slice: Some(Box::new(rt.clone())),
+            container: Some(Box::new(rt)),
+            vm: None,
+            artifacts: Some(Box::new(TestArtifacts(script.clone()))),
+        };
+        (
+            Reconciler::new(runtimes, vec![], Backoff::default()),
+            script,
+        )
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_runtimes_everything_is_unsupported() {
+        let mut r = Reconciler::new(Runtimes::available(), vec![], Backoff::default());
+        let now = Instant::now();
+        assert!(
+            r.pass(now).await.report.is_none(),
+            "nothing before a document"
+        );
+        r.set_desired(doc(
+            3,
+            vec![slice("net", 10)],
+            vec![container("cam", Some("net"))],
+        ));
+        let result = r.pass(now).await;
+        let state = result.report.expect("first pass reports");
+        assert_eq!(state.applied_generation, 3);
+        assert_eq!(state.objects.len(), 2);
+        let cam = &state.objects[0];
+        assert_eq!(
+            (cam.name.as_str(), cam.kind.as_str(), cam.phase),
+            ("cam", "container", Phase::Unsupported)
+        );
+        assert_eq!(cam.message, "no container runtime on this agent yet");
+        assert_eq!(cam.generation, 3);
+        let net = &state.objects[1];
+        assert_eq!(
+            (net.kind.as_str(), net.phase),
+            ("slice", Phase::Unsupported)
+        );
+        assert_eq!(net.message, "no network slicing runtime on this agent yet");
+        assert!(result.next_wake.is_none());
+        r.mark_reported(state);
+        assert!(
+            r.pass(now).await.report.is_none(),
+            "unchanged: no new report"
+        );
+        // removal of an unsupported object just forgets it
+        r.set_desired(doc(4, vec![slice("net", 10)], vec![]));
+        let state = r.pass(now).await.report.unwrap();
+        assert_eq!(state.objects.len(), 1);
+        assert_eq!(
+            state.objects[0].generation, 3,
+            "unchanged spec keeps its generation"
+        );
+        assert_eq!(state.applied_generation, 4);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn ordered_apply_and_independent_backoff() {
+        let (mut r, script) = with_runtimes();
+        script.borrow_mut().fail_apply.insert("bad".into(), 2);
+        r.set_desired(doc(
+            1,
+            vec![slice("net", 10)],
+            vec![container("bad", None), container("cam", Some("net"))],
+        ));
+        let t0 = Instant::now();
+        let result = r.pass(t0).await;
+        assert_eq!(
+            phases(&r),
+            [
+                ("bad".into(), Phase::Failed),
+                ("cam".into(), Phase::Running),
+                ("net".into(), Phase::Running)
+            ]
+        );
+        let calls = script.borrow().calls.clone();
+        let pos = |c: &str| calls.iter().position(|x| x == c).unwrap();
+        assert!(
+            pos("apply net") < pos(&format!("fetch {IMG}")),
+            "slices before artifacts: {calls:?}"
+        );
+        assert!(
+            pos(&format!("fetch {IMG}")) < pos("apply cam"),
+            "artifacts before workloads: {calls:?}"
+        );
+        assert_eq!(result.next_wake, Some(t0 + Duration::from_secs(1)));
+        // not due yet: no new attempt
+        script.borrow_mut().calls.clear();
+        r.pass(t0 + Duration::from_millis(500)).await;
+        assert!(!script.borrow().calls.contains(&"apply bad".to_string()));
+        // first retry fails again: backoff doubles
+        let result = r.pass(t0 + Duration::from_secs(1)).await;
+        assert_eq!(result.next_wake, Some(t0 + Duration::from_secs(3)));
+        assert_eq!(r.objects["bad"].message, "apply failed: boom");
+        // second retry succeeds
+        r.pass(t0 + Duration::from_secs(3)).await;
+        assert_eq!(r.objects["bad"].phase, Phase::Running);
+        assert_eq!(r.objects["bad"].attempts, 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn workload_waits_for_its_slice() {
+        let (mut r, script) = with_runtimes();
+        script.borrow_mut().fail_apply.insert("net".into(), 1);
+        r.set_desired(doc(
+            1,
+            vec![slice("net", 10)],
+            vec![container("cam", Some("net"))],
+        ));
+        let t0 = Instant::now();
+        r.pass(t0).await;
+        assert_eq!(r.objects["cam"].phase, Phase::Pending);
+        assert_eq!(r.objects["cam"].message, "waiting for slice net (failed)");
+        r.pass(t0 + Duration::from_secs(1)).await;
+        assert_eq!(r.objects["net"].phase, Phase::Running);
+        assert_eq!(r.objects["cam"].phase, Phase::Running);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stopped_workload_restarts_and_removal_tears_down() {
+        let (mut r, script) = with_runtimes();
+        r.set_desired(doc(1, vec![], vec![container("cam", None)]));
+        let t0 = Instant::now();
+        r.pass(t0).await;
+        assert_eq!(r.objects["cam"].phase, Phase::Running);
+        script.borrow_mut().observed.insert(
+            "cam".into(),
+            Observed::Stopped {
+                message: "exit 1".into(),
+                success: false,
+            },
+        );
+        r.pass(t0).await;
+        assert_eq!(r.objects["cam"].phase, Phase::Failed);
+        assert_eq!(r.objects["cam"].restarts, 1);
+        script.borrow_mut().observed.clear();
+        r.pass(t0 + Duration::from_secs(1)).await;
+        assert_eq!(r.objects["cam"].phase, Phase::Running);
+        // changed spec: back to pending at the new generation, then applied
+        let mut changed = container("cam", None);
+        changed.resources.memory_mib = 128;
+        r.set_desired(doc(2, vec![], vec![changed]));
+        let state = r.pass(t0).await.report.unwrap();
+        assert_eq!(state.objects[0].generation, 2);
+        assert_eq!(
+            state.objects[0].restarts, 1,
+            "restarts survive a spec change"
+        );
+        r.set_desired(doc(3, vec![], vec![]));
+        script.borrow_mut().calls.clear();
+        let state = r.pass(t0).await.report.unwrap();
+        assert!(state.objects.is_empty());
+        assert_eq!(script.borrow().calls, ["remove cam"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn resumes_from_records_and_reports_once() {
+        let (mut r, _) = with_runtimes();
+        r.set_desired(doc(5, vec![slice("net", 10)], vec![]));
+        r.pass(Instant::now()).await;
+        let records = r.records();
+        assert_eq!(records[0].phase, Phase::Running);
+        let mut resumed = Reconciler::new(Runtimes::available(), records, Backoff::default());
+        resumed.set_desired(doc(5, vec![slice("net", 10)], vec![]));
+        let state = resumed.pass(Instant::now()).await.report.unwrap();
+        assert_eq!(state.objects[0].generation, 5);
+        assert_eq!(state.objects[0].phase, Phase::Unsupported);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(1), Duration::from_secs(1));
+        assert_eq!(b.delay(2), Duration::from_secs(2));
+        assert_eq!(b.delay(5), Duration::from_secs(16));
+        assert_eq!(b.delay(40), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,195 @@
+//! The interface between the reconciler and whatever actually runs objects:
+//! one [`Runtime`] per object kind (slice, container, vm) and an
+//! [`ArtifactStore`] that fetches images, kernels and disks.
+//!
+//! This version of the agent ships none of them (network slicing, the
+//! container runtime and the microVMM are later work), so every object is
+//! reported `unsupported` and nothing pretends to run.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use mecvisor_protocol::{SliceSpec, WorkloadKind, WorkloadSpec};
+
+/// Future returned by runtime operations. Not `Send`: the agent runs on a
+/// single-threaded runtime.
+pub type RuntimeFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RuntimeError>> + 'a>>;
+
+/// Why a runtime operation failed; the message is shown to operators.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RuntimeError(pub String);
+
+/// The kinds of object the reconciler manages, in apply order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    /// A network slice.
+    Slice,
+    /// An OCI container.
+    Container,
+    /// A KVM guest.
+    Vm,
+}
+
+impl ObjectKind {
+    /// Name used in reports: `slice`, `container`, `vm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Slice => "slice",
+            ObjectKind::Container => "container",
+            ObjectKind::Vm => "vm",
+        }
+    }
+
+    /// Parses a report name back.
+    pub fn parse(text: &str) -> Option<ObjectKind> {
+        match text {
+            "slice" => Some(ObjectKind::Slice),
+            "container" => Some(ObjectKind::Container),
+            "vm" => Some(ObjectKind::Vm),
+            _ => None,
+        }
+    }
+
+    /// What an operator calls the runtime of this kind.
+    pub fn runtime_name(self) -> &'static str {
+        match self {
+            ObjectKind::Slice => "network slicing",
+            ObjectKind::Container => "container",
+            ObjectKind::Vm => "microVM",
+        }
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The desired spec of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectSpec {
+    /// A slice.
+    Slice(SliceSpec),
+    /// A container or VM.
+    Workload(WorkloadSpec),
+}
+
+impl ObjectSpec {
+    /// Object name.
+    pub fn name(&self) -> &str {
+        match self {
+            ObjectSpec::Slice(s) => &s.name,
+            ObjectSpec::Workload(w) => &w.name,
+        }
+    }
+
+    /// Object kind.
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            ObjectSpec::Slice(_) => ObjectKind::Slice,
+            ObjectSpec::Workload(w) => match w.kind {
+                WorkloadKind::Container(_) => ObjectKind::Container,
+                WorkloadKind::Vm(_) => ObjectKind::Vm,
+            },
+        }
+    }
+
+    /// CBOR of the spec, compared to tell whether a new document changes it.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        match self {
+            ObjectSpec::Slice(s) => mecvisor_protocol::encode(s),
+            ObjectSpec::Workload(w) => mecvisor_protocol::encode(w),
+        }
+    }
+
+    /// Artifact references (images, kernels, disks) a workload needs before it
+    /// can be applied; none for slices.
+    pub fn artifacts(&self) -> Vec<String> {
+        match self {
+            ObjectSpec::Slice(_) => Vec::new(),
+            ObjectSpec::Workload(w) => match &w.kind {
+                WorkloadKind::Container(c) => vec![c.image.clone()],
+                WorkloadKind::Vm(vm) => {
+                    let mut refs = vec![vm.kernel.clone()];
+                    refs.extend(vm.initrd.clone());
+                    refs.extend(vm.disks.iter().map(|d| d.image.clone()));
+                    refs
+                }
+            },
+        }
+    }
+}
+
+/// What a runtime observes of an object it applied earlier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// Up and as desired.
+    Running,
+    /// It stopped; `success` is whether it exited cleanly.
+    Stopped {
+        /// Exit status or reason.
+        message: String,
+        /// Clean exit (relevant to the on-failure restart policy).
+        success: bool,
+    },
+    /// The runtime does not know the object (e.g. lost across a reboot).
+    Missing,
+}
+
+/// Creates, changes, removes and observes objects of one kind. Every
+/// operation must be idempotent: the reconciler retries after crashes.
+pub trait Runtime {
+    /// Makes the object exist exactly as `spec` says.
+    fn apply<'a>(&'a mut self, spec: &'a ObjectSpec) -> RuntimeFuture<'a, ()>;
+    /// Tears the object down; succeeding when it is already gone.
+    fn remove<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, ()>;
+    /// Reports how the object is doing.
+    fn observe<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, Observed>;
+}
+
+/// Fetches and verifies artifacts (by digest) into the local content store.
+pub trait ArtifactStore {
+    /// Makes `reference` available locally; idempotent.
+    fn ensure<'a>(&'a mut self, reference: &'a str) -> RuntimeFuture<'a, ()>;
+}
+
+/// The runtimes present on this agent; `None` means the kind is unsupported.
+#[derive(Default)]
+pub struct Runtimes {
+    /// Network slicing.
+    pub slice: Option<Box<dyn Runtime>>,
+    /// Containers.
+    pub container: Option<Box<dyn Runtime>>,
+    /// Virtual machines.
+    pub vm: Option<Box<dyn Runtime>>,
+    /// Artifact fetching for workloads.
+    pub artifacts: Option<Box<dyn ArtifactStore>>,
+}
+
+impl Runtimes {
+    /// What this build of the agent has: nothing yet.
+    pub fn available() -> Runtimes {
+        Runtimes::default()
+    }
+
+    /// The runtime for a kind, if present.
+    pub fn for_kind(&mut self, kind: ObjectKind) -> Option<&mut (dyn Runtime + 'static)> {
+        match kind {
+            ObjectKind::Slice => self.slice.as_deref_mut(),
+            ObjectKind::Container => self.container.as_deref_mut(),
+            ObjectKind::Vm => self.vm.as_deref_mut(),
+        }
+    }
+
+    /// Whether a kind has a runtime.
+    pub fn has(&self, kind: ObjectKind) -> bool {
+        match kind {
+            ObjectKind::Slice => self.slice.is_some(),
+            ObjectKind::Container => self.container.is_some(),
+            ObjectKind::Vm => self.vm.is_some(),
+        }
+    }
+}
