@@ -1,6 +1,8 @@
 //! The sync link: a wrapper around rumqttc that adds what the protocol
-//! needs and rumqttc lacks: a durable outbox drained with QoS 1 and deleted
-//! only on PubAck, hello + presence + re-subscribe on every ConnAck, jittered
+//! needs and rumqttc lacks: a durable outbox drained with QoS 1 (acks deleted
+//! on the broker's PubAck, reports only on the controller's end-to-end
+//! [`Receipt`], and sent again when none comes within [`RECEIPT_TIMEOUT`]),
+//! hello + presence + re-subscribe on every ConnAck, jittered
 //! exponential reconnect backoff, a raised packet limit, and acceptance of
 //! signed desired state.
 //!
@@ -26,7 +28,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mecvisor_protocol::{topics, DesiredState, Hello, Label, ObjectVersion, MAX_MESSAGE_BYTES};
+use mecvisor_protocol::{
+    topics, DesiredState, Hello, Label, ObjectVersion, Receipt, MAX_MESSAGE_BYTES,
+};
 use mqtt_transport::{Connection, TransportError};
 use rand::Rng;
 use rumqttc::{
@@ -51,6 +55,9 @@ const REQUEST_CAPACITY: usize = 256;
 const BACKOFF_BASE_MS: u64 = 200;
 /// Largest reconnect backoff ceiling.
 const BACKOFF_MAX_MS: u64 = 30_000;
+/// How long sent reports may wait for the controller's receipt before the
+/// driver sends them again (the controller dedups by seq).
+pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits to flush "offline" and DISCONNECT.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -149,6 +156,8 @@ pub async fn run(ctx: LinkContext, options: MqttOptions, shutdown: watch::Receiv
         ctx,
         cursor: 0,
         outstanding: BTreeSet::new(),
+        awaiting_receipt: BTreeSet::new(),
+        receipt_progress: tokio::time::Instant::now(),
     };
     tokio::join!(
         poller.instrument(info_span!("mqtt_poll")),
@@ -268,8 +277,13 @@ struct Driver {
     ctx: LinkContext,
     /// Highest seq published on this connection.
     cursor: u64,
-    /// Seqs published on this connection and not yet acknowledged.
+    /// Seqs published on this connection and not yet acknowledged (acks:
+    /// by the broker; reports: by the controller's receipt).
     outstanding: BTreeSet<u64>,
+    /// Report seqs among `outstanding`: the broker's PubAck is not enough.
+    awaiting_receipt: BTreeSet<u64>,
+    /// When a receipt last arrived, or reports were last (re)sent.
+    receipt_progress: tokio::time::Instant,
 }
 
 impl Driver {
@@ -286,6 +300,8 @@ impl Driver {
                     None => break,
                 },
                 _ = outbox_ready.notified() => {}
+                _ = tokio::time::sleep_until(self.receipt_progress + RECEIPT_TIMEOUT),
+                    if !self.awaiting_receipt.is_empty() => self.resend_unreceipted(),
                 _ = shutdown.changed() => {
                     self.farewell();
                     break;
@@ -301,9 +317,12 @@ impl Driver {
     fn handle(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Connected => self.on_connect(),
-            LinkEvent::Disconnected => {
-                self.outstanding.clear();
-                self.cursor = 0;
+            LinkEvent::Disconnected => self.forget_sent(),
+            LinkEvent::Acked(seq) if self.awaiting_receipt.contains(&seq) => {
+                debug!(
+                    seq,
+                    "report reached the broker; waiting for the controller's receipt"
+                );
             }
             LinkEvent::Acked(seq) => {
                 self.outstanding.remove(&seq);
@@ -322,6 +341,12 @@ impl Driver {
                 if let Err(e) = self.client.try_ack(&publish) {
                     warn!(error = %e, "cannot ack the desired publish to the broker");
                 }
+            }
+            LinkEvent::Other(publish)
+                if publish.topic == topics::receipt(&self.ctx.identity.device) =>
+            {
+                self.on_receipt(&publish.payload);
+                let _ = self.client.try_ack(&publish);
             }
             LinkEvent::Other(publish) => {
                 warn!(topic = %publish.topic, "ignoring a message on an unexpected topic");
@@ -346,17 +371,58 @@ impl Driver {
         }
     }
 
-    fn on_connect(&mut self) {
+    /// Deletes the reports the controller says it has stored.
+    fn on_receipt(&mut self, payload: &[u8]) {
+        let receipt: Receipt = match mecvisor_protocol::decode(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "ignoring an undecodable receipt");
+                return;
+            }
+        };
+        if receipt.device != self.ctx.identity.device {
+            warn!(device = %receipt.device, "ignoring a receipt for another device");
+            return;
+        }
+        self.receipt_progress = tokio::time::Instant::now();
+        for seq in receipt.seqs {
+            self.awaiting_receipt.remove(&seq);
+            self.outstanding.remove(&seq);
+            match self.ctx.store.borrow().delete_outbox(seq) {
+                Ok(true) => debug!(seq, "report stored by the controller"),
+                Ok(false) => debug!(seq, "receipt for an entry already gone"),
+                Err(e) => error!(seq, error = %e, "cannot delete a receipted report"),
+            }
+        }
+    }
+
+    /// No receipt for a while (controller down or it lost them): send every
+    /// unreceipted entry again, from the start of the outbox.
+    fn resend_unreceipted(&mut self) {
+        info!(
+            reports = self.awaiting_receipt.len(),
+            "no receipt from the controller; sending the outbox again"
+        );
+        self.forget_sent();
+    }
+
+    /// Forgets what was sent so `drain` starts again from the oldest entry.
+    fn forget_sent(&mut self) {
         self.cursor = 0;
         self.outstanding.clear();
+        self.awaiting_receipt.clear();
+        self.receipt_progress = tokio::time::Instant::now();
+    }
+
+    fn on_connect(&mut self) {
+        self.forget_sent();
         let device = self.ctx.identity.device.clone();
         // Subscribe first: the broker handles our packets in order, so the
-        // subscription is in place before the controller sees the hello.
-        if let Err(e) = self
-            .client
-            .try_subscribe(topics::desired(&device), QoS::AtLeastOnce)
-        {
-            error!(error = %e, "cannot request the desired-state subscription");
+        // subscriptions are in place before the controller sees the hello.
+        for topic in [topics::desired(&device), topics::receipt(&device)] {
+            if let Err(e) = self.client.try_subscribe(&topic, QoS::AtLeastOnce) {
+                error!(%topic, error = %e, "cannot request a subscription");
+            }
         }
         self.publish(None, &topics::presence(&device), b"online".to_vec());
         match self.hello() {
@@ -432,9 +498,9 @@ impl Driver {
                 return Ok(());
             }
             for entry in entries {
-                let (topic, bytes) = match to_wire(&device, &entry) {
-                    Ok(Wire::Ack(bytes)) => (topics::ack(&device), bytes),
-                    Ok(Wire::Report(bytes)) => (topics::report(&device), bytes),
+                let (topic, bytes, is_report) = match to_wire(&device, &entry) {
+                    Ok(Wire::Ack(bytes)) => (topics::ack(&device), bytes, false),
+                    Ok(Wire::Report(bytes)) => (topics::report(&device), bytes, true),
                     Err(e) => {
                         error!(seq = entry.seq, kind = %entry.kind, error = %e, "corrupt outbox entry cannot be sent; deleting it");
                         self.ctx.store.borrow().delete_outbox(entry.seq)?;
@@ -448,6 +514,12 @@ impl Driver {
                 debug!(seq = entry.seq, kind = %entry.kind, "sent");
                 self.cursor = entry.seq;
                 self.outstanding.insert(entry.seq);
+                if is_report {
+                    if self.awaiting_receipt.is_empty() {
+                        self.receipt_progress = tokio::time::Instant::now();
+                    }
+                    self.awaiting_receipt.insert(entry.seq);
+                }
             }
         }
         Ok(())

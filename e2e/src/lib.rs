@@ -6,7 +6,9 @@
 
 pub mod certs;
 pub mod mosquitto;
+pub mod probe;
 pub mod process;
+pub mod site;
 
 pub use certs::TestCerts;
 pub use mosquitto::Mosquitto;

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use mecvisor_protocol::topics::{parse_uplink, Uplink};
-use mecvisor_protocol::{codec, Ack, AckOutcome, Hello, Report, ReportBody, Severity};
+use mecvisor_protocol::{
+    codec, topics, Ack, AckOutcome, Hello, Receipt, Report, ReportBody, Severity,
+};
 use tracing::{debug, info, info_span, warn};
 
 use crate::fleet::{recompose, Fleet, FleetError, Publish};
@@ -215,6 +217,8 @@ fn on_report(fleet: &Fleet, report: Report) -> Result<(), SyncError> {
     if !tx.insert_report(&report.device, report.seq, report.created_ms, &body_json)? {
         debug!("duplicate report ignored");
         tx.commit()?;
+        drop(store);
+        send_receipt(fleet, &report);
         return Ok(());
     }
     match &report.body {
@@ -267,7 +271,22 @@ fn on_report(fleet: &Fleet, report: Report) -> Result<(), SyncError> {
         }
     }
     tx.commit()?;
+    drop(store);
+    send_receipt(fleet, &report);
     Ok(())
+}
+
+/// Tells the agent the report is stored (committed above), so it may drop it
+/// from its outbox.
+fn send_receipt(fleet: &Fleet, report: &Report) {
+    let receipt = Receipt {
+        device: report.device.clone(),
+        seqs: vec![report.seq],
+    };
+    fleet.publish_raw(Publish {
+        topic: topics::receipt(&report.device),
+        payload: codec::encode(&receipt),
+    });
 }
 
 fn on_presence(fleet: &Fleet, device: &str, online: bool) -> Result<(), SyncError> {

@@ -83,6 +83,22 @@ pub enum AckOutcome {
     Rejected(#[n(0)] String),
 }
 
+/// The controller's end-to-end receipt for reports it has stored durably.
+///
+/// A broker's PubAck only says the broker has a message; with no controller
+/// subscribed at that moment it may drop it. So the agent keeps every report
+/// in its outbox until a receipt names its seq, and sends again what stays
+/// unreceipted. Sent on `mecv/v1/<device>/receipt`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Device name.
+    #[n(0)]
+    pub device: String,
+    /// Outbox seqs of reports now stored (also those stored before: duplicates).
+    #[n(1)]
+    pub seqs: Vec<u64>,
+}
+
 /// One durable report from the agent's outbox.
 #[derive(Debug, Clone, PartialEq, Encode, Decode, Serialize, Deserialize)]
 pub struct Report {

@@ -8,6 +8,11 @@ pub fn desired(device: &str) -> String {
     format!("{PREFIX}/{device}/desired")
 }
 
+/// Controller -> agent: receipts for stored reports.
+pub fn receipt(device: &str) -> String {
+    format!("{PREFIX}/{device}/receipt")
+}
+
 /// Agent -> controller: durable reports.
 pub fn report(device: &str) -> String {
     format!("{PREFIX}/{device}/report")
