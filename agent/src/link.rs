@@ -138,7 +138,8 @@ pub fn reconnect_delay(attempt: u32) -> Duration {
 
 /// Runs the link until shutdown (then says "offline" and disconnects).
 pub async fn run(ctx: LinkContext, options: MqttOptions, shutdown: watch::Receiver<bool>) {
-    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    mqtt_transport::tune_event_loop(&mut eventloop);
     let book = Rc::new(RefCell::new(Book::default()));
     let (tx, rx) = mpsc::unbounded_channel();
     let device = ctx.identity.device.clone();

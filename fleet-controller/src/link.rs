@@ -47,7 +47,8 @@ pub async fn run(
     fleet: Arc<Fleet>,
     mut outbox: mpsc::UnboundedReceiver<Publish>,
 ) {
-    let (client, eventloop) = AsyncClient::new(opts, 64);
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    mqtt_transport::tune_event_loop(&mut eventloop);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel::<Command>();
     let (in_tx, in_rx) = mpsc::unbounded_channel::<(String, Vec<u8>)>();
 

@@ -17,7 +17,7 @@ pub mod url;
 use std::path::Path;
 use std::time::Duration;
 
-use rumqttc::{MqttOptions, Transport};
+use rumqttc::{EventLoop, MqttOptions, Transport};
 
 pub use bridge::TlsBridge;
 pub use tls::TlsFiles;
@@ -95,4 +95,13 @@ pub fn connect_options(
             })
         }
     }
+}
+
+/// Applies the socket settings every mecvisor MQTT connection wants to a
+/// fresh rumqttc event loop: TCP_NODELAY, since sync messages are small and
+/// latency-bound (Nagle plus delayed ACKs otherwise add tens of ms per hop).
+pub fn tune_event_loop(event_loop: &mut EventLoop) {
+    let mut network = event_loop.network_options();
+    network.set_tcp_nodelay(true);
+    event_loop.set_network_options(network);
 }

@@ -1,0 +1,54 @@
+//! `cargo xtask bench`: benchmarks with a results table against targets.
+//!
+//! Benchmarks measure; they are not tests. A figure that misses its target is
+//! marked MISS and the command still succeeds unless `--fail-on-miss` is given.
+
+mod idle_rss;
+mod mosquitto;
+mod pki;
+mod sync;
+mod table;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Benchmark to run; all of them when omitted.
+    #[arg(value_enum)]
+    name: Option<BenchName>,
+    #[command(flatten)]
+    sync: sync::SyncArgs,
+    /// Exit with an error when a figure misses its target.
+    #[arg(long)]
+    fail_on_miss: bool,
+}
+
+/// The available benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchName {
+    /// Sync path: apply-to-ack latency (1 and many agents), agent idle RSS
+    /// over mutual TLS, release binary sizes.
+    Sync,
+}
+
+/// Runs the selected benchmarks.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let selected = match args.name {
+        Some(name) => vec![name],
+        None => vec![BenchName::Sync],
+    };
+    let mut misses = 0;
+    for name in selected {
+        let table = match name {
+            BenchName::Sync => sync::run(&args.sync)?,
+        };
+        table.print();
+        misses += table.misses();
+    }
+    if args.fail_on_miss && misses > 0 {
+        bail!("{misses} figure(s) missed their target");
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! `cargo xtask demo`: a controller and one agent converging on the example manifest.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::Value;
+
+use crate::api::u64_field;
+use crate::bins::{self, Bins};
+use crate::cluster::{start_agent, AgentSpec, Controller};
+use crate::procs::{wait_for, Lifetime, Proc};
+use crate::shell;
+
+/// The example manifest, embedded so the demo runs on defaults alone.
+const EXAMPLE_MANIFEST: &str = include_str!("../../examples/fleet.yaml");
+
+/// Device name of the demo agent.
+const DEVICE: &str = "edge-1";
+
+/// Options of `cargo xtask demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Use release binaries (slower first build, smaller and faster binaries).
+    #[arg(long)]
+    release: bool,
+    /// Working directory for data, configs and logs (kept afterwards).
+    /// Default: a fresh temporary directory, removed at the end.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Leave controller and agent running and print how to reach them.
+    #[arg(long)]
+    keep_running: bool,
+    /// Apply this manifest instead of the embedded example.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// Seconds to wait for the device to come online and to converge.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    timeout: u64,
+}
+
+/// The working directory: a temp dir removed on drop, or a directory we keep.
+enum WorkDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl WorkDir {
+    fn path(&self) -> &Path {
+        match self {
+            WorkDir::Temp(t) => t.path(),
+            WorkDir::Kept(p) => p,
+        }
+    }
+}
+
+/// fleetctl bound to the demo controller.
+struct Fleetctl<'a> {
+    bin: &'a Path,
+    server: String,
+}
+
+impl Fleetctl<'_> {
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new(self.bin);
+        cmd.args(["--server", &self.server]);
+        cmd
+    }
+
+    fn json(&self, args: &[&str]) -> Result<Value> {
+        let out = shell::output(self.cmd().args(args).args(["-o", "json"]))?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("`fleetctl {}` printed no JSON: {out:?}", args.join(" ")))
+    }
+
+    fn print(&self, args: &[&str]) -> Result<()> {
+        shell::run(self.cmd().args(args))
+    }
+
+    fn command_line(&self) -> String {
+        format!("{} --server {}", self.bin.display(), self.server)
+    }
+}
+
+/// Runs the demo.
+pub fn run(args: &DemoArgs) -> Result<()> {
+    let bins = bins::build(args.release)?;
+    let work = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            WorkDir::Kept(
+                dir.canonicalize()
+                    .with_context(|| format!("resolving {}", dir.display()))?,
+            )
+        }
+        None => WorkDir::Temp(
+            tempfile::Builder::new()
+                .prefix("mecvisor-demo-")
+                .tempdir()
+                .context("creating a temporary directory")?,
+        ),
+    };
+    let dir = work.path().to_path_buf();
+    println!("demo directory: {}", dir.display());
+    let lifetime = if args.keep_running {
+        Lifetime::Detachable
+    } else {
+        Lifetime::TiedToXtask
+    };
+    let timeout = Duration::from_secs(args.timeout);
+
+    println!("\n==> starting fleet-controller (embedded broker)");
+    let mut controller = Controller::start(&bins, &dir, lifetime)?;
+    println!(
+        "controller up: api http://{} broker mqtt://{} public key {}",
+        controller.api_addr, controller.mqtt_addr, controller.pubkey
+    );
+
+    println!("\n==> starting edge-agent {DEVICE}");
+    let spec = AgentSpec {
+        device: DEVICE,
+        mqtt_url: format!("mqtt://{}", controller.mqtt_addr),
+        tls: None,
+        controller_key: &controller.pubkey,
+        labels: &[("site", "lab")],
+    };
+    let mut agent = start_agent(&bins, &dir, &spec, lifetime)?;
+    let fleetctl = Fleetctl {
+        bin: &bins.fleetctl,
+        server: format!("http://{}", controller.api_addr),
+    };
+    let procs = [&mut controller.proc, &mut agent.proc];
+    wait_device_online(&fleetctl, procs, timeout)?;
+    println!("{DEVICE} is online");
+
+    println!("\n==> fleetctl apply");
+    let manifest_path = dir.join("fleet.yaml");
+    let manifest = match &args.manifest {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading manifest {}", path.display()))?,
+        None => EXAMPLE_MANIFEST.to_string(),
+    };
+    std::fs::write(&manifest_path, manifest)
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    fleetctl.print(&["apply", "-f", &manifest_path.to_string_lossy()])?;
+
+    let generation = wait_converged(&fleetctl, [&mut controller.proc, &mut agent.proc], timeout)?;
+    println!("{DEVICE} acked generation {generation}");
+
+    println!("\n==> fleetctl describe device {DEVICE}");
+    fleetctl.print(&["describe", "device", DEVICE])?;
+    println!("\n==> edge-agent status");
+    shell::run(
+        Command::new(&bins.agent)
+            .arg("status")
+            .arg("--config")
+            .arg(&agent.config),
+    )?;
+
+    if args.keep_running {
+        print_keep_running(
+            &bins,
+            &controller,
+            &agent.proc,
+            &agent.config,
+            &fleetctl,
+            &dir,
+        );
+        controller.proc.detach();
+        agent.proc.detach();
+        if let WorkDir::Temp(t) = work {
+            let _kept = t.keep();
+        }
+    } else {
+        println!("\n==> stopping edge-agent and fleet-controller");
+        agent.proc.stop();
+        controller.proc.stop();
+        println!("demo finished");
+    }
+    Ok(())
+}
+
+/// Polls `fleetctl get devices -o json` until the demo device is online.
+fn wait_device_online(
+    fleetctl: &Fleetctl,
+    mut procs: [&mut Proc; 2],
+    timeout: Duration,
+) -> Result<()> {
+    wait_for(
+        &format!("`fleetctl get devices` to list {DEVICE} online"),
+        timeout,
+        Duration::from_millis(200),
+        |note| {
+            for p in procs.iter_mut() {
+                p.ensure_running()?;
+            }
+            let list = match fleetctl.json(&["get", "devices"]) {
+                Ok(list) => list,
+                Err(err) => {
+                    *note = format!("{err:#}");
+                    return Ok(None);
+                }
+            };
+            *note = format!("devices: {list}");
+            let online = list.as_array().is_some_and(|devices| {
+                devices.iter().any(|d| {
+                    d.get("name").and_then(Value::as_str) == Some(DEVICE)
+                        && d.get("online").and_then(Value::as_bool) == Some(true)
+                })
+            });
+            Ok(online.then_some(()))
+        },
+    )
+}
+
+/// Polls `fleetctl describe device -o json` until acked == desired (> 0).
+fn wait_converged(
+    fleetctl: &Fleetctl,
+    mut procs: [&mut Proc; 2],
+    timeout: Duration,
+) -> Result<u64> {
+    wait_for(
+        &format!("{DEVICE} to ack its desired generation"),
+        timeout,
+        Duration::from_millis(100),
+        |note| {
+            for p in procs.iter_mut() {
+                p.ensure_running()?;
+            }
+            let device = match fleetctl.json(&["describe", "device", DEVICE]) {
+                Ok(device) => device,
+                Err(err) => {
+                    *note = format!("{err:#}");
+                    return Ok(None);
+                }
+            };
+            let desired = u64_field(&device, "desired_generation");
+            let acked = u64_field(&device, "acked_generation");
+            *note = format!("desired generation {desired}, acked {acked}");
+            Ok((desired > 0 && acked == desired).then_some(desired))
+        },
+    )
+}
+
+fn print_keep_running(
+    bins: &Bins,
+    controller: &Controller,
+    agent: &Proc,
+    agent_config: &Path,
+    fleetctl: &Fleetctl,
+    dir: &Path,
+) {
+    println!("\n==> left running (--keep-running)");
+    println!(
+        "fleet-controller pid {}  api {}  broker mqtt://{}  data {}  log {}",
+        controller.proc.pid(),
+        fleetctl.server,
+        controller.mqtt_addr,
+        controller.data_dir.display(),
+        controller.proc.log().display()
+    );
+    println!(
+        "edge-agent {DEVICE}  pid {}  config {}  log {}",
+        agent.pid(),
+        agent_config.display(),
+        agent.log().display()
+    );
+    println!("try:");
+    println!("  {} get devices", fleetctl.command_line());
+    println!("  {} describe device {DEVICE}", fleetctl.command_line());
+    println!(
+        "  {} status --config {}",
+        bins.agent.display(),
+        agent_config.display()
+    );
+    println!("  curl {}/v1/devices/{DEVICE}", fleetctl.server);
+    println!("stop with: kill {} {}", agent.pid(), controller.proc.pid());
+    println!("files (not removed): {}", dir.display());
+}

@@ -1,0 +1,256 @@
+//! `cargo xtask test`: the CI pipeline.
+//!
+//! Steps run in order; each prints a header and its duration, the first
+//! failure stops the run and is named in the error, and a summary of every
+//! step (with durations) ends the output either way.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+use crate::bins::cargo;
+use crate::timing::human;
+use crate::{shell, workspace_root};
+
+/// Debian packages the tests need (real MQTT broker, its clients, openssl for test PKI).
+const APT_PACKAGES: &[&str] = &["mosquitto", "mosquitto-clients", "openssl"];
+
+/// Advisories deliberately accepted by the audit step, as `(id, reason)`.
+///
+/// Keep this list empty unless an advisory is informational only (for
+/// example "unmaintained") and sits in a transitive dependency we cannot
+/// avoid; the reason must name the dependency chain, e.g.
+/// `("RUSTSEC-XXXX-NNNN", "rumqttc -> rustls-pemfile: unmaintained")`.
+///
+/// Currently empty: the rumqttc TLS features (which pulled rustls-webpki
+/// 0.102.8 with four advisories and the unmaintained rustls-pemfile) are off;
+/// TLS goes through mqtt-transport's own rustls 0.23 stack.
+const AUDIT_IGNORES: &[(&str, &str)] = &[];
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Skip a step (repeatable), e.g. `--skip audit`. CI never skips.
+    #[arg(long, value_enum)]
+    skip: Vec<Step>,
+    /// Do not install anything; fail instead when a tool is missing.
+    #[arg(long)]
+    no_install: bool,
+}
+
+/// The steps of the pipeline, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Step {
+    /// Install missing apt packages (mosquitto, mosquitto-clients, openssl)
+    /// and rustup components (rustfmt, clippy).
+    Deps,
+    /// `cargo fmt --all -- --check`.
+    Fmt,
+    /// `cargo clippy --workspace --all-targets -- -D warnings`.
+    Clippy,
+    /// `cargo audit` of Cargo.lock against the offline RustSec snapshot
+    /// (../shared/advisory-db or $MECVISOR_ADVISORY_DB); installs cargo-audit if missing.
+    Audit,
+    /// `cargo build --workspace --bins`.
+    Build,
+    /// `cargo test --workspace --no-fail-fast` (every test target runs, all failures listed).
+    Test,
+}
+
+const STEPS: [Step; 6] = [
+    Step::Deps,
+    Step::Fmt,
+    Step::Clippy,
+    Step::Audit,
+    Step::Build,
+    Step::Test,
+];
+
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::Deps => "deps",
+            Step::Fmt => "fmt",
+            Step::Clippy => "clippy",
+            Step::Audit => "audit",
+            Step::Build => "build",
+            Step::Test => "test",
+        }
+    }
+
+    fn run(self, args: &TestArgs) -> Result<()> {
+        match self {
+            Step::Deps => install_deps(args.no_install),
+            Step::Fmt => shell::run(cargo_cmd().args(["fmt", "--all", "--", "--check"])),
+            Step::Clippy => shell::run(cargo_cmd().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])),
+            Step::Audit => audit(args.no_install),
+            Step::Build => shell::run(cargo_cmd().args(["build", "--workspace", "--bins"])),
+            Step::Test => shell::run(cargo_cmd().args(["test", "--workspace", "--no-fail-fast"])),
+        }
+    }
+}
+
+/// Outcome of one step, for the summary.
+enum Outcome {
+    Passed(Duration),
+    Failed(Duration),
+    Skipped,
+    NotRun,
+}
+
+/// Runs the pipeline.
+pub fn run(args: &TestArgs) -> Result<()> {
+    let total = Instant::now();
+    let mut outcomes: Vec<(Step, Outcome)> = Vec::new();
+    let mut failure = None;
+    for (i, step) in STEPS.iter().copied().enumerate() {
+        if failure.is_some() {
+            outcomes.push((step, Outcome::NotRun));
+            continue;
+        }
+        if args.skip.contains(&step) {
+            println!(
+                "\n==> [{}/{}] {}: skipped (--skip)",
+                i + 1,
+                STEPS.len(),
+                step.name()
+            );
+            outcomes.push((step, Outcome::Skipped));
+            continue;
+        }
+        println!("\n==> [{}/{}] {}", i + 1, STEPS.len(), step.name());
+        let start = Instant::now();
+        let result = step.run(args);
+        let took = start.elapsed();
+        match result {
+            Ok(()) => {
+                println!("<== {} ok in {}", step.name(), human(took));
+                outcomes.push((step, Outcome::Passed(took)));
+            }
+            Err(err) => {
+                println!("<== {} FAILED after {}", step.name(), human(took));
+                outcomes.push((step, Outcome::Failed(took)));
+                failure = Some((step, err));
+            }
+        }
+    }
+    println!("\n==> summary");
+    for (step, outcome) in &outcomes {
+        let text = match outcome {
+            Outcome::Passed(d) => format!("ok      {}", human(*d)),
+            Outcome::Failed(d) => format!("FAILED  {}", human(*d)),
+            Outcome::Skipped => "skipped".to_string(),
+            Outcome::NotRun => "not run (an earlier step failed)".to_string(),
+        };
+        println!("  {:<7} {text}", step.name());
+    }
+    println!("  total   {}", human(total.elapsed()));
+    match failure {
+        Some((step, err)) => Err(err.context(format!("step `{}` failed", step.name()))),
+        None => {
+            println!("all steps passed");
+            Ok(())
+        }
+    }
+}
+
+fn cargo_cmd() -> Command {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Installs missing apt packages and rustup components.
+fn install_deps(no_install: bool) -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| !apt_installed(pkg))
+        .collect();
+    if missing.is_empty() {
+        println!("apt packages present: {}", APT_PACKAGES.join(" "));
+    } else if no_install {
+        bail!("missing apt packages (--no-install): {}", missing.join(" "));
+    } else {
+        println!("installing missing apt packages: {}", missing.join(" "));
+        shell::run(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        shell::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    for (component, subcommand) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
+        if shell::succeeds(cargo_cmd().args([subcommand, "--version"])) {
+            println!("rustup component present: {component}");
+        } else if no_install {
+            bail!("rustup component {component} is missing (--no-install)");
+        } else {
+            shell::run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    Ok(())
+}
+
+/// True when dpkg reports `pkg` as installed.
+fn apt_installed(pkg: &str) -> bool {
+    shell::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .map(|status| status.contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Location of the offline RustSec advisory database.
+fn advisory_db() -> Result<PathBuf> {
+    let path = match std::env::var_os("MECVISOR_ADVISORY_DB") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("../shared/advisory-db"),
+    };
+    if !path.join("crates").is_dir() {
+        bail!(
+            "no RustSec advisory database at {} (expected a `crates` directory); \
+             set MECVISOR_ADVISORY_DB to a checkout of github.com/rustsec/advisory-db",
+            path.display()
+        );
+    }
+    path.canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))
+}
+
+/// Checks Cargo.lock against the advisory snapshot, offline.
+fn audit(no_install: bool) -> Result<()> {
+    let db = advisory_db()?;
+    if let Ok(snapshot) = std::fs::read_to_string(db.join("SNAPSHOT")) {
+        println!("advisory db {}: {}", db.display(), snapshot.trim());
+    }
+    if !shell::succeeds(cargo_cmd().args(["audit", "--version"])) {
+        if no_install {
+            bail!("cargo-audit is not installed (--no-install)");
+        }
+        println!("cargo-audit missing; installing it (takes several minutes)");
+        shell::run(cargo_cmd().args(["install", "cargo-audit", "--locked"]))?;
+    }
+    let mut cmd = cargo_cmd();
+    cmd.args(["audit", "--no-fetch", "--db"])
+        .arg(&db)
+        .args(["--deny", "warnings"]);
+    for (id, reason) in AUDIT_IGNORES {
+        println!("ignoring {id}: {reason}");
+        cmd.args(["--ignore", id]);
+    }
+    shell::run(&mut cmd)
+}
