@@ -23,7 +23,7 @@
 //! outbox; the controller dedups by (device, seq).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,8 +157,7 @@ pub async fn run(ctx: LinkContext, options: MqttOptions, shutdown: watch::Receiv
         ctx,
         cursor: 0,
         outstanding: BTreeSet::new(),
-        awaiting_receipt: BTreeSet::new(),
-        receipt_progress: tokio::time::Instant::now(),
+        awaiting_receipt: BTreeMap::new(),
     };
     tokio::join!(
         poller.instrument(info_span!("mqtt_poll")),
@@ -272,6 +271,14 @@ async fn poll_loop(
     debug!("poller stopped");
 }
 
+/// Sleeps until `at`; never returns for `None` (the select guard skips it).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Driver {
     client: AsyncClient,
     book: Rc<RefCell<Book>>,
@@ -281,10 +288,9 @@ struct Driver {
     /// Seqs published on this connection and not yet acknowledged (acks:
     /// by the broker; reports: by the controller's receipt).
     outstanding: BTreeSet<u64>,
-    /// Report seqs among `outstanding`: the broker's PubAck is not enough.
-    awaiting_receipt: BTreeSet<u64>,
-    /// When a receipt last arrived, or reports were last (re)sent.
-    receipt_progress: tokio::time::Instant,
+    /// Report seqs among `outstanding`, with when each was sent: the
+    /// broker's PubAck is not enough, only the controller's receipt is.
+    awaiting_receipt: BTreeMap<u64, tokio::time::Instant>,
 }
 
 impl Driver {
@@ -295,14 +301,15 @@ impl Driver {
     ) {
         let outbox_ready = self.ctx.outbox_ready.clone();
         loop {
+            let oldest_unreceipted = self.awaiting_receipt.values().min().copied();
+            let resend_at = oldest_unreceipted.map(|sent| sent + RECEIPT_TIMEOUT);
             tokio::select! {
                 event = rx.recv() => match event {
                     Some(event) => self.handle(event),
                     None => break,
                 },
                 _ = outbox_ready.notified() => {}
-                _ = tokio::time::sleep_until(self.receipt_progress + RECEIPT_TIMEOUT),
-                    if !self.awaiting_receipt.is_empty() => self.resend_unreceipted(),
+                _ = sleep_until_some(resend_at), if resend_at.is_some() => self.resend_unreceipted(),
                 _ = shutdown.changed() => {
                     self.farewell();
                     break;
@@ -319,7 +326,7 @@ impl Driver {
         match event {
             LinkEvent::Connected => self.on_connect(),
             LinkEvent::Disconnected => self.forget_sent(),
-            LinkEvent::Acked(seq) if self.awaiting_receipt.contains(&seq) => {
+            LinkEvent::Acked(seq) if self.awaiting_receipt.contains_key(&seq) => {
                 debug!(
                     seq,
                     "report reached the broker; waiting for the controller's receipt"
@@ -385,7 +392,6 @@ impl Driver {
             warn!(device = %receipt.device, "ignoring a receipt for another device");
             return;
         }
-        self.receipt_progress = tokio::time::Instant::now();
         for seq in receipt.seqs {
             self.awaiting_receipt.remove(&seq);
             self.outstanding.remove(&seq);
@@ -397,8 +403,9 @@ impl Driver {
         }
     }
 
-    /// No receipt for a while (controller down or it lost them): send every
-    /// unreceipted entry again, from the start of the outbox.
+    /// A report went unreceipted for [`RECEIPT_TIMEOUT`] (the controller was
+    /// down, or the broker had no subscriber for it): send every entry still
+    /// in the outbox again, from the oldest.
     fn resend_unreceipted(&mut self) {
         info!(
             reports = self.awaiting_receipt.len(),
@@ -412,7 +419,6 @@ impl Driver {
         self.cursor = 0;
         self.outstanding.clear();
         self.awaiting_receipt.clear();
-        self.receipt_progress = tokio::time::Instant::now();
     }
 
     fn on_connect(&mut self) {
@@ -516,10 +522,8 @@ impl Driver {
                 self.cursor = entry.seq;
                 self.outstanding.insert(entry.seq);
                 if is_report {
-                    if self.awaiting_receipt.is_empty() {
-                        self.receipt_progress = tokio::time::Instant::now();
-                    }
-                    self.awaiting_receipt.insert(entry.seq);
+                    self.awaiting_receipt
+                        .insert(entry.seq, tokio::time::Instant::now());
                 }
             }
         }

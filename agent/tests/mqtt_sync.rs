@@ -1,12 +1,12 @@
 //! End-to-end sync over a real mosquitto broker with the real `edge-agent`
 //! binary: the test plays the controller with rumqttc.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use mecvisor_e2e::Mosquitto;
 use mecvisor_protocol::{
     envelope::verifying_key_to_hex, topics, Ack, AckOutcome, ContainerSpec, DesiredState,
     DeviceSpec, Hello, Phase, QosSpec, QosTier, Report, ReportBody, Resources, RestartPolicy,
@@ -15,7 +15,6 @@ use mecvisor_protocol::{
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const DEVICE: &str = "edge-1";
 
 /// A child process killed (and reaped) when the test ends, pass or fail.
@@ -28,36 +27,10 @@ impl Drop for Reaped {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_mosquitto(dir: &Path) -> (Reaped, u16) {
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-    )
-    .unwrap();
-    let child = Command::new(MOSQUITTO)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let child = Reaped(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port)
+fn start_mosquitto(dir: &Path) -> (Mosquitto, u16) {
+    let broker = Mosquitto::start(dir);
+    let port = broker.port;
+    (broker, port)
 }
 
 fn agent_bin() -> &'static str {
@@ -142,8 +115,8 @@ async fn next_matching<F: FnMut(&Uplink) -> bool>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_accepts_signed_state_and_reports() {
-    if !Path::new(MOSQUITTO).exists() {
-        eprintln!("SKIPPED: {MOSQUITTO} is not installed");
+    if !Mosquitto::available() {
+        eprintln!("SKIPPED: mosquitto is not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -454,8 +427,8 @@ impl Drop for Gate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_survives_broker_outages() {
-    if !Path::new(MOSQUITTO).exists() {
-        eprintln!("SKIPPED: {MOSQUITTO} is not installed");
+    if !Mosquitto::available() {
+        eprintln!("SKIPPED: mosquitto is not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

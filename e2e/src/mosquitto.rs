@@ -41,7 +41,7 @@ impl Mosquitto {
         // and that user cannot read the test's private temp dir.
         let user = if is_root() { "user root\n" } else { "" };
         let mut text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n{user}"
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_inflight_messages 100\nmax_queued_messages 100000\n{user}"
         );
         if let Some(certs) = tls {
             text += &format!(

@@ -23,6 +23,28 @@ fn mosquitto_or_skip(test: &str) -> bool {
     }
 }
 
+/// A controller using `broker` (plain MQTT) instead of its embedded one.
+fn controller_via(dir: &std::path::Path, broker: &Mosquitto) -> Controller {
+    Controller::start(
+        dir,
+        Broker::External {
+            url: broker.url(false),
+            tls: None,
+        },
+    )
+}
+
+/// Starts agent `edge-1` with default options on the controller's broker.
+fn edge_1(dir: &std::path::Path, controller: &Controller) -> Agent {
+    Agent::start(
+        dir,
+        "edge-1",
+        &controller.broker_url(),
+        &controller.public_key(),
+        &AgentOptions::default(),
+    )
+}
+
 fn object_names(status: &Value) -> Vec<String> {
     let mut names: Vec<String> = status["objects"]
         .as_array()
@@ -50,13 +72,7 @@ fn apply_is_acked_and_described_with_embedded_broker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = mecvisor_e2e::free_port();
     let controller = Controller::start(dir.path(), Broker::Embedded { port });
-    let agent = Agent::start(
-        dir.path(),
-        "edge-1",
-        &controller.broker_url(),
-        &controller.public_key(),
-        &AgentOptions::default(),
-    );
+    let agent = edge_1(dir.path(), &controller);
     let manifest = write_manifest(dir.path(), "video", "edge-1", &["cam", "transcoder"]);
     controller.apply(&manifest);
     let generation = controller.wait_acked("edge-1", 1, ACK_WAIT);
@@ -118,13 +134,7 @@ fn reports_queued_while_broker_is_down_all_arrive_once() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut broker = Mosquitto::start(dir.path());
-    let controller = Controller::start(
-        dir.path(),
-        Broker::External {
-            url: broker.url(false),
-            tls: None,
-        },
-    );
+    let controller = controller_via(dir.path(), &broker);
     let opts = AgentOptions {
         metrics_interval_s: Some(1),
         ..AgentOptions::default()
@@ -211,20 +221,8 @@ fn agent_restarted_offline_reconciles_from_its_store() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut broker = Mosquitto::start(dir.path());
-    let controller = Controller::start(
-        dir.path(),
-        Broker::External {
-            url: broker.url(false),
-            tls: None,
-        },
-    );
-    let mut agent = Agent::start(
-        dir.path(),
-        "edge-1",
-        &broker.url(false),
-        &controller.public_key(),
-        &AgentOptions::default(),
-    );
+    let controller = controller_via(dir.path(), &broker);
+    let mut agent = edge_1(dir.path(), &controller);
     controller.apply(&write_manifest(
         dir.path(),
         "video",
@@ -258,13 +256,7 @@ fn controller_restart_keeps_devices_manifests_and_generations() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = mecvisor_e2e::free_port();
     let mut controller = Controller::start(dir.path(), Broker::Embedded { port });
-    let _agent = Agent::start(
-        dir.path(),
-        "edge-1",
-        &controller.broker_url(),
-        &controller.public_key(),
-        &AgentOptions::default(),
-    );
+    let _agent = edge_1(dir.path(), &controller);
     let manifest = write_manifest(dir.path(), "video", "edge-1", &["cam"]);
     controller.apply(&manifest);
     let generation = controller.wait_acked("edge-1", 1, ACK_WAIT);
@@ -291,22 +283,10 @@ fn replay_tampering_and_garbage_are_refused() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = Mosquitto::start(dir.path());
-    let controller = Controller::start(
-        dir.path(),
-        Broker::External {
-            url: broker.url(false),
-            tls: None,
-        },
-    );
+    let controller = controller_via(dir.path(), &broker);
     let desired = topics::desired("edge-1");
     let probe = Probe::connect(broker.port, "attacker", &[&desired, &topics::ack("edge-1")]);
-    let mut agent = Agent::start(
-        dir.path(),
-        "edge-1",
-        &broker.url(false),
-        &controller.public_key(),
-        &AgentOptions::default(),
-    );
+    let mut agent = edge_1(dir.path(), &controller);
     controller.apply(&write_manifest(dir.path(), "video", "edge-1", &["cam"]));
     let first = controller.wait_acked("edge-1", 1, ACK_WAIT);
     controller.apply(&write_manifest(
@@ -362,13 +342,7 @@ fn deletion_made_while_offline_is_applied_on_reconnect() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = mecvisor_e2e::free_port();
     let controller = Controller::start(dir.path(), Broker::Embedded { port });
-    let mut agent = Agent::start(
-        dir.path(),
-        "edge-1",
-        &controller.broker_url(),
-        &controller.public_key(),
-        &AgentOptions::default(),
-    );
+    let mut agent = edge_1(dir.path(), &controller);
     let keep = write_manifest(dir.path(), "base", "edge-1", &["cam"]);
     let doomed = write_manifest(dir.path(), "extra", "edge-1", &["dvr"]);
     controller.apply(&keep);

@@ -4,14 +4,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, get, post, Controller, FakeDevice, Mosquitto};
+use common::{eventually, get, post, start_mosquitto, Controller, FakeDevice};
 use mecvisor_protocol::envelope::verifying_key_from_hex;
 use mecvisor_protocol::{codec, topics, Ack, AckOutcome, Hello, SignedDesired};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syncs_through_mosquitto() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(broker) = Mosquitto::start(dir.path()) else {
+    let Some(broker) = start_mosquitto(dir.path()) else {
         return;
     };
     let ctl = Controller::start_external(dir.path(), broker.port);

@@ -2,7 +2,6 @@
 //! speaking the wire protocol over a real MQTT connection, and HTTP calls.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,14 +11,7 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-/// A free loopback TCP port (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use mecvisor_e2e::free_port;
 
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -166,49 +158,14 @@ pub fn example_manifest() -> String {
     .unwrap()
 }
 
-/// A real mosquitto on a random loopback port, killed on drop.
-pub struct Mosquitto {
-    child: Child,
-    pub port: u16,
-}
-
-impl Mosquitto {
-    /// Starts mosquitto, or returns `None` (after printing why) when it is missing.
-    pub fn start(dir: &Path) -> Option<Mosquitto> {
-        let bin = Path::new("/usr/sbin/mosquitto");
-        if !bin.exists() {
-            println!("SKIP: /usr/sbin/mosquitto is not installed");
-            return None;
-        }
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nmessage_size_limit 0\n"),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mosquitto");
-        let m = Mosquitto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(m)
+/// Starts a real mosquitto (the e2e test kit's), or returns `None` after
+/// printing why when it is not installed.
+pub fn start_mosquitto(dir: &Path) -> Option<mecvisor_e2e::Mosquitto> {
+    if !mecvisor_e2e::Mosquitto::available() {
+        println!("SKIP: mosquitto is not installed");
+        return None;
     }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Some(mecvisor_e2e::Mosquitto::start(dir))
 }
 
 /// What the fake device's poller saw.
