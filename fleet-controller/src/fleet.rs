@@ -136,17 +136,7 @@ impl Fleet {
         let manifests = tx.manifests()?;
         let devices = tx.devices()?;
         let docs = recompose(&tx, &self.key, &manifests, &devices, 0)?;
-        let mut matched = Vec::new();
-        for d in devices
-            .iter()
-            .filter(|d| manifest.matches(&d.name, &d.labels))
-        {
-            let generation = tx.desired(&d.name)?.map_or(0, |r| r.generation);
-            matched.push(DeviceGeneration {
-                device: d.name.clone(),
-                generation,
-            });
-        }
+        let matched = generations_of(&tx, &devices, &manifest)?;
         tx.commit()?;
         drop(store);
         info!(
@@ -174,14 +164,7 @@ impl Fleet {
         let manifests = tx.manifests()?;
         let devices = tx.devices()?;
         let docs = recompose(&tx, &self.key, &manifests, &devices, 0)?;
-        let mut matched = Vec::new();
-        for d in devices.iter().filter(|d| old.matches(&d.name, &d.labels)) {
-            let generation = tx.desired(&d.name)?.map_or(0, |r| r.generation);
-            matched.push(DeviceGeneration {
-                device: d.name.clone(),
-                generation,
-            });
-        }
+        let matched = generations_of(&tx, &devices, &old)?;
         tx.commit()?;
         drop(store);
         info!(new_documents = docs.len(), "manifest deleted");
@@ -433,4 +416,23 @@ pub(crate) fn recompose(
             problems,
         })
     }
+}
+
+/// The current desired generation of every device `manifest` selects.
+fn generations_of(
+    tx: &Tx<'_>,
+    devices: &[DeviceRow],
+    manifest: &Manifest,
+) -> Result<Vec<DeviceGeneration>, FleetError> {
+    let mut matched = Vec::new();
+    for d in devices
+        .iter()
+        .filter(|d| manifest.matches(&d.name, &d.labels))
+    {
+        matched.push(DeviceGeneration {
+            device: d.name.clone(),
+            generation: tx.desired(&d.name)?.map_or(0, |r| r.generation),
+        });
+    }
+    Ok(matched)
 }

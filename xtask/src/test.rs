@@ -81,7 +81,7 @@ impl Step {
         }
     }
 
-    fn run(self, args: &TestArgs) -> Result<()> {
+    fn run(self, args: &TestArgs, counts: &mut TestCounts) -> Result<()> {
         match self {
             Step::Deps => install_deps(args.no_install),
             Step::Fmt => shell::run(cargo_cmd().args(["fmt", "--all", "--", "--check"])),
@@ -95,7 +95,7 @@ impl Step {
             ])),
             Step::Audit => audit(args.no_install),
             Step::Build => shell::run(cargo_cmd().args(["build", "--workspace", "--bins"])),
-            Step::Test => shell::run(cargo_cmd().args(["test", "--workspace", "--no-fail-fast"])),
+            Step::Test => run_tests(counts),
         }
     }
 }
@@ -113,6 +113,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let total = Instant::now();
     let mut outcomes: Vec<(Step, Outcome)> = Vec::new();
     let mut failure = None;
+    let mut counts = TestCounts::default();
     for (i, step) in STEPS.iter().copied().enumerate() {
         if failure.is_some() {
             outcomes.push((step, Outcome::NotRun));
@@ -130,7 +131,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         }
         println!("\n==> [{}/{}] {}", i + 1, STEPS.len(), step.name());
         let start = Instant::now();
-        let result = step.run(args);
+        let result = step.run(args, &mut counts);
         let took = start.elapsed();
         match result {
             Ok(()) => {
@@ -155,13 +156,77 @@ pub fn run(args: &TestArgs) -> Result<()> {
         println!("  {:<7} {text}", step.name());
     }
     println!("  total   {}", human(total.elapsed()));
-    match failure {
+    let result = match failure {
         Some((step, err)) => Err(err.context(format!("step `{}` failed", step.name()))),
         None => {
             println!("all steps passed");
             Ok(())
         }
+    };
+    if counts.binaries > 0 {
+        // The plain closing line CI reads, summed over every test binary.
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            counts.passed, counts.failed, counts.ignored
+        );
     }
+    result
+}
+
+/// Totals over every `test result:` line cargo test printed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestCounts {
+    binaries: u64,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestCounts {
+    /// Adds one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        self.binaries += 1;
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test --workspace`, echoing its output and counting results.
+fn run_tests(counts: &mut TestCounts) -> Result<()> {
+    let mut cmd = cargo_cmd();
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
+        .stdout(std::process::Stdio::piped());
+    let line = shell::describe(&cmd);
+    println!("$ {line}");
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if let Some(out) = child.stdout.take() {
+        for text in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+            let text = text.context("reading cargo test output")?;
+            counts.add_line(&text);
+            println!("{text}");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
 }
 
 fn cargo_cmd() -> Command {
@@ -253,4 +318,28 @@ fn audit(no_install: bool) -> Result<()> {
         cmd.args(["--ignore", id]);
     }
     shell::run(&mut cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_sum_cargo_test_result_lines() {
+        let mut counts = TestCounts::default();
+        counts.add_line(
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+        );
+        counts.add_line("test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured");
+        counts.add_line("running 3 tests");
+        assert_eq!(
+            counts,
+            TestCounts {
+                binaries: 2,
+                passed: 8,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
 }
