@@ -71,9 +71,8 @@ pub fn run(args: &SyncArgs) -> Result<Table> {
     }
     controller.proc.stop();
 
-    // The same single-agent path through mosquitto (TCP_NODELAY on): rumqttd
-    // 0.20 leaves Nagle on for its client sockets, which costs a 40 ms
-    // delayed-ACK round on loopback; this row shows the path without it.
+    // The same single-agent path through a peer broker, mosquitto (with
+    // TCP_NODELAY, as the README recommends), for comparison.
     let broker_dir = dir.join("mosquitto");
     match super::mosquitto::start(&broker_dir, None) {
         Ok((mut broker, port)) => {
