@@ -89,16 +89,17 @@ pub fn handle_desired(
             return reject(store, me, generation, hash, reason);
         }
     }
-    store.save_desired(
+    let accepted = ack(me, generation, hash.clone(), AckOutcome::Accepted);
+    store.accept_desired(
         &StoredDesired {
             generation,
             content_hash: hash.clone(),
             signed: bytes.to_vec(),
         },
+        &mecvisor_protocol::encode(&accepted),
         now_ms(),
     )?;
     info!(generation, previous = stored_generation, %hash, "accepted desired state");
-    outbox::push_ack(store, &ack(me, generation, hash, AckOutcome::Accepted))?;
     Ok(Verdict::New(doc))
 }
 

@@ -58,6 +58,9 @@ const BACKOFF_MAX_MS: u64 = 30_000;
 /// How long sent reports may wait for the controller's receipt before the
 /// driver sends them again (the controller dedups by seq).
 pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait for a receipt before sending again, reached by doubling
+/// while the controller stays silent (so a fleet does not hammer it).
+pub const RECEIPT_TIMEOUT_MAX: Duration = Duration::from_secs(80);
 /// How long shutdown waits to flush "offline" and DISCONNECT.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -151,13 +154,23 @@ pub async fn run(ctx: LinkContext, options: MqttOptions, shutdown: watch::Receiv
         topics::desired(&device),
         shutdown.clone(),
     );
+    let store_id = match ctx.store.borrow().store_id() {
+        Ok(id) => id,
+        Err(e) => {
+            error!(error = %e, "cannot read the store id; reports are sent without deduplication across stores");
+            0
+        }
+    };
     let driver = Driver {
         client,
         book,
         ctx,
+        store_id,
         cursor: 0,
         outstanding: BTreeSet::new(),
         awaiting_receipt: BTreeMap::new(),
+        receipt_wait: RECEIPT_TIMEOUT,
+        hello_pending_since: None,
     };
     tokio::join!(
         poller.instrument(info_span!("mqtt_poll")),
@@ -291,6 +304,15 @@ struct Driver {
     /// Report seqs among `outstanding`, with when each was sent: the
     /// broker's PubAck is not enough, only the controller's receipt is.
     awaiting_receipt: BTreeMap<u64, tokio::time::Instant>,
+    /// How long the oldest report may wait for its receipt before the
+    /// outbox is sent again: [`RECEIPT_TIMEOUT`], doubled (up to
+    /// [`RECEIPT_TIMEOUT_MAX`]) each time that happens without a receipt.
+    receipt_wait: Duration,
+    /// This store's identity, sent with every report.
+    store_id: u64,
+    /// When the last hello went out, until the controller answers it (with a
+    /// receipt or a document); unanswered, it is sent again like a report.
+    hello_pending_since: Option<tokio::time::Instant>,
 }
 
 impl Driver {
@@ -301,8 +323,13 @@ impl Driver {
     ) {
         let outbox_ready = self.ctx.outbox_ready.clone();
         loop {
-            let oldest_unreceipted = self.awaiting_receipt.values().min().copied();
-            let resend_at = oldest_unreceipted.map(|sent| sent + RECEIPT_TIMEOUT);
+            let oldest_unanswered = self
+                .awaiting_receipt
+                .values()
+                .chain(self.hello_pending_since.iter())
+                .min()
+                .copied();
+            let resend_at = oldest_unanswered.map(|sent| sent + self.receipt_wait);
             tokio::select! {
                 event = rx.recv() => match event {
                     Some(event) => self.handle(event),
@@ -392,6 +419,8 @@ impl Driver {
             warn!(device = %receipt.device, "ignoring a receipt for another device");
             return;
         }
+        self.receipt_wait = RECEIPT_TIMEOUT;
+        self.hello_pending_since = None;
         for seq in receipt.seqs {
             self.awaiting_receipt.remove(&seq);
             self.outstanding.remove(&seq);
@@ -406,12 +435,19 @@ impl Driver {
     /// A report went unreceipted for [`RECEIPT_TIMEOUT`] (the controller was
     /// down, or the broker had no subscriber for it): send every entry still
     /// in the outbox again, from the oldest.
+    ///
+    /// The hello goes again too: if the controller missed it (it was not
+    /// subscribed when we connected), it does not know this device and
+    /// ignores its reports until it does.
     fn resend_unreceipted(&mut self) {
         info!(
             reports = self.awaiting_receipt.len(),
-            "no receipt from the controller; sending the outbox again"
+            waited_s = self.receipt_wait.as_secs(),
+            "no receipt from the controller; saying hello and sending the outbox again"
         );
+        self.receipt_wait = (self.receipt_wait * 2).min(RECEIPT_TIMEOUT_MAX);
         self.forget_sent();
+        self.send_hello();
     }
 
     /// Forgets what was sent so `drain` starts again from the oldest entry.
@@ -432,6 +468,12 @@ impl Driver {
             }
         }
         self.publish(None, &topics::presence(&device), b"online".to_vec());
+        self.receipt_wait = RECEIPT_TIMEOUT;
+        self.send_hello();
+    }
+
+    fn send_hello(&mut self) {
+        self.hello_pending_since = Some(tokio::time::Instant::now());
         match self.hello() {
             Ok(hello) => {
                 info!(
@@ -441,7 +483,7 @@ impl Driver {
                 );
                 self.publish(
                     None,
-                    &topics::hello(&device),
+                    &topics::hello(&self.ctx.identity.device),
                     mecvisor_protocol::encode(&hello),
                 );
             }
@@ -505,7 +547,7 @@ impl Driver {
                 return Ok(());
             }
             for entry in entries {
-                let (topic, bytes, is_report) = match to_wire(&device, &entry) {
+                let (topic, bytes, is_report) = match to_wire(&device, self.store_id, &entry) {
                     Ok(Wire::Ack(bytes)) => (topics::ack(&device), bytes, false),
                     Ok(Wire::Report(bytes)) => (topics::report(&device), bytes, true),
                     Err(e) => {

@@ -54,8 +54,8 @@ pub enum Wire {
 }
 
 /// Builds the wire message for an entry: acks go as stored, report bodies
-/// are wrapped in a [`Report`] carrying the entry's seq.
-pub fn to_wire(device: &str, entry: &OutboxEntry) -> Result<Wire, DecodeError> {
+/// are wrapped in a [`Report`] carrying the entry's seq and the store's id.
+pub fn to_wire(device: &str, store_id: u64, entry: &OutboxEntry) -> Result<Wire, DecodeError> {
     match entry.kind {
         OutboxKind::Ack => {
             // Check it still decodes, so a corrupt row is reported, not sent.
@@ -69,6 +69,7 @@ pub fn to_wire(device: &str, entry: &OutboxEntry) -> Result<Wire, DecodeError> {
                 seq: entry.seq,
                 created_ms: entry.created_ms,
                 body,
+                store_id: Some(store_id),
             };
             Ok(Wire::Report(mecvisor_protocol::encode(&report)))
         }

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use mecvisor_protocol::Phase;
+use rand::Rng;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 /// Why a store operation failed.
@@ -192,6 +193,9 @@ pub struct Store {
     max_entries: u64,
 }
 
+/// Meta key of the store's random identity.
+const STORE_ID_KEY: &str = "store_id";
+
 impl Store {
     /// Opens (creating if needed) the store read-write, in WAL mode with
     /// `synchronous=FULL`; `max_entries` bounds the outbox.
@@ -215,7 +219,55 @@ impl Store {
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        Ok(Store { conn, max_entries })
+        let store = Store { conn, max_entries };
+        if store.meta(STORE_ID_KEY)?.is_none() {
+            let id: u64 = rand::rng().random_range(1..=u64::MAX >> 1);
+            store.set_meta(STORE_ID_KEY, &id.to_string())?;
+        }
+        Ok(store)
+    }
+
+    /// This store's random identity (see [`mecvisor_protocol::Report::store_id`]).
+    pub fn store_id(&self) -> Result<u64, StoreError> {
+        let text = self.meta(STORE_ID_KEY)?.unwrap_or_default();
+        text.parse()
+            .map_err(|_| StoreError::Corrupt(format!("store id {text:?} is not a number")))
+    }
+
+    /// Durably replaces the last accepted desired document and queues its
+    /// ack in one transaction: a crash leaves either both or neither, so an
+    /// accepted document always gets its ack and no ack names a document
+    /// that was not stored.
+    pub fn accept_desired(
+        &mut self,
+        doc: &StoredDesired,
+        ack: &[u8],
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction().map_err(query("accept desired"))?;
+        tx.execute(
+            "INSERT INTO desired (id, generation, content_hash, signed, accepted_ms)
+             VALUES (1, ?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET generation = excluded.generation,
+               content_hash = excluded.content_hash, signed = excluded.signed,
+               accepted_ms = excluded.accepted_ms",
+            params![
+                doc.generation as i64,
+                doc.content_hash,
+                doc.signed,
+                now_ms as i64
+            ],
+        )
+        .map_err(query("save desired"))?;
+        // Acks are never dropped by the outbox bound, so no bound check here.
+        tx.execute(
+            "INSERT INTO outbox (kind, payload, created_ms) VALUES (?1, ?2, ?3)",
+            params![OutboxKind::Ack.as_str(), ack, now_ms as i64],
+        )
+        .map_err(query("queue ack"))?;
+        let seq = tx.last_insert_rowid() as u64;
+        tx.commit().map_err(query("accept desired"))?;
+        Ok(seq)
     }
 
     /// Opens an existing store read-only (for `edge-agent status` when the

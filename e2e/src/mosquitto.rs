@@ -26,16 +26,32 @@ impl Mosquitto {
 
     /// Starts a plain broker in `dir` on a free port.
     pub fn start(dir: &Path) -> Self {
-        Self::start_on(dir, free_port(), None)
+        Self::start_on_free_port(dir, None)
     }
 
     /// Starts a TLS broker requiring client certificates signed by `certs`' CA.
     pub fn start_tls(dir: &Path, certs: &TestCerts) -> Self {
-        Self::start_on(dir, free_port(), Some(certs))
+        Self::start_on_free_port(dir, Some(certs))
     }
 
-    /// Starts a broker on a given port (to bring one back on the same port).
+    /// A port free a moment ago may be taken by another test's outgoing
+    /// connection before mosquitto binds it: then try another.
+    fn start_on_free_port(dir: &Path, tls: Option<&TestCerts>) -> Self {
+        for _ in 0..3 {
+            if let Some(broker) = Self::try_start_on(dir, free_port(), tls) {
+                return broker;
+            }
+        }
+        panic!("mosquitto could not listen on a free port in 3 tries");
+    }
+
+    /// Starts a broker on a given port.
     pub fn start_on(dir: &Path, port: u16, tls: Option<&TestCerts>) -> Self {
+        Self::try_start_on(dir, port, tls)
+            .unwrap_or_else(|| panic!("mosquitto did not listen on port {port}"))
+    }
+
+    fn try_start_on(dir: &Path, port: u16, tls: Option<&TestCerts>) -> Option<Self> {
         let config = dir.join(format!("mosquitto-{port}.conf"));
         // As root, mosquitto drops to the `mosquitto` user unless told to stay,
         // and that user cannot read the test's private temp dir.
@@ -57,8 +73,7 @@ impl Mosquitto {
             port,
             config,
         };
-        broker.restart();
-        broker
+        broker.try_restart().then_some(broker)
     }
 
     /// Stops the broker (SIGKILL: no goodbye to clients, like a crash).
@@ -70,6 +85,16 @@ impl Mosquitto {
 
     /// Starts the broker again on the same port with the same config.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_restart(),
+            "mosquitto did not listen on port {}",
+            self.port
+        );
+    }
+
+    /// Starts the process; true once it listens, false if it exits first
+    /// (e.g. the port is taken) or does not listen within 10 s.
+    fn try_restart(&mut self) -> bool {
         self.stop();
         let child = Child::spawn(
             "mosquitto",
@@ -81,10 +106,15 @@ impl Mosquitto {
         );
         self.child = Some(child);
         let port = self.port;
-        wait_until(Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        })
-        .unwrap_or_else(|| panic!("mosquitto did not listen on port {port}"));
+        let listening = wait_until(Duration::from_secs(10), || {
+            if self.child.as_mut().is_some_and(|c| !c.is_running()) {
+                return Some(false);
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| true)
+        });
+        // Connecting proves something listens; still running proves it is us.
+        std::thread::sleep(Duration::from_millis(50));
+        listening == Some(true) && self.child.as_mut().is_some_and(Child::is_running)
     }
 
     /// `mqtt://127.0.0.1:<port>` or `mqtts://127.0.0.1:<port>`.

@@ -60,8 +60,27 @@ impl Controller {
             broker,
             log: dir.join("controller.log"),
         };
-        controller.restart();
-        controller
+        // A port picked free a moment ago can be taken by another test's
+        // outgoing connection before the controller binds it: on
+        // "Address already in use", pick new ports (nothing uses them yet).
+        for _ in 0..3 {
+            match controller.try_restart() {
+                Ok(()) => return controller,
+                Err(log) if log.contains("Address already in use") => {
+                    controller.stop();
+                    controller.api_port = free_port();
+                    controller.api = format!("http://127.0.0.1:{}", controller.api_port);
+                    if let Broker::Embedded { port } = &mut controller.broker {
+                        *port = free_port();
+                    }
+                }
+                Err(log) => panic!("fleet-controller API did not come up; log:\n{log}"),
+            }
+        }
+        panic!(
+            "fleet-controller found no free ports in 3 tries; log:\n{}",
+            controller.log_text()
+        );
     }
 
     /// Stops it with SIGTERM (SIGKILL after 10 s).
@@ -75,6 +94,13 @@ impl Controller {
 
     /// Starts it again with the same data dir, ports and broker.
     pub fn restart(&mut self) {
+        if let Err(log) = self.try_restart() {
+            panic!("fleet-controller API did not come up; log:\n{log}");
+        }
+    }
+
+    /// Starts it again; on failure returns its log.
+    fn try_restart(&mut self) -> Result<(), String> {
         self.stop();
         let mut cmd = Command::new(bin_path("fleet-controller"));
         cmd.arg("serve")
@@ -107,14 +133,15 @@ impl Controller {
         self.child = Some(Child::spawn("fleet-controller", &mut cmd));
         let api = self.api.clone();
         let up = wait_until(Duration::from_secs(20), || {
+            if self.child.as_mut().is_some_and(|c| !c.is_running()) {
+                return Some(false);
+            }
             let out = fleetctl_raw(&api, &["get", "devices", "-o", "json"]);
-            out.status.success().then_some(())
+            out.status.success().then_some(true)
         });
-        if up.is_none() {
-            panic!(
-                "fleet-controller API did not come up; log:\n{}",
-                self.log_text()
-            );
+        match up {
+            Some(true) => Ok(()),
+            _ => Err(self.log_text()),
         }
     }
 

@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS devices (
     applied_generation INTEGER NOT NULL DEFAULT 0,
     state_seq INTEGER NOT NULL DEFAULT 0,
     objects TEXT NOT NULL DEFAULT '[]',
-    last_error TEXT NOT NULL DEFAULT ''
+    last_error TEXT NOT NULL DEFAULT '',
+    store_id INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS manifests (
     name TEXT PRIMARY KEY,
@@ -87,11 +88,12 @@ CREATE TABLE IF NOT EXISTS desired (
 );
 CREATE TABLE IF NOT EXISTS reports (
     device TEXT NOT NULL,
+    store_id INTEGER NOT NULL DEFAULT 0,
     seq INTEGER NOT NULL,
     created_ms INTEGER NOT NULL,
     received_ms INTEGER NOT NULL,
     body TEXT NOT NULL,
-    UNIQUE(device, seq)
+    UNIQUE(device, store_id, seq)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -373,6 +375,7 @@ impl Tx<'_> {
     pub fn insert_report(
         &self,
         device: &str,
+        store_id: u64,
         seq: u64,
         created_ms: u64,
         body_json: &str,
@@ -380,17 +383,33 @@ impl Tx<'_> {
         let n = self
             .tx
             .execute(
-                "INSERT OR IGNORE INTO reports(device, seq, created_ms, received_ms, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO reports(device, store_id, seq, created_ms, received_ms, body)
+                 VALUES (?1, ?6, ?2, ?3, ?4, ?5)",
                 params![
                     device,
                     seq as i64,
                     created_ms as i64,
                     now_ms() as i64,
-                    body_json
+                    body_json,
+                    store_id as i64
                 ],
             )
             .ctx("storing a report")?;
+        Ok(n == 1)
+    }
+
+    /// Notes which agent store a device's reports come from. When it changed
+    /// (the box was re-provisioned and its report seqs restart at 1), the
+    /// device's state-report ordering restarts too; returns true then.
+    pub fn switch_store(&self, device: &str, store_id: u64) -> Result<bool, StoreError> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE devices SET store_id = ?2, state_seq = 0
+                 WHERE name = ?1 AND store_id != ?2",
+                params![device, store_id as i64],
+            )
+            .ctx("recording the agent's store")?;
         Ok(n == 1)
     }
 
@@ -597,14 +616,16 @@ mod tests {
             let mut store = Store::open(&path).unwrap();
             let tx = store.transaction().unwrap();
             tx.ensure_device("edge-1").unwrap();
-            assert!(tx.insert_report("edge-1", 1, 10, "{}").unwrap());
-            assert!(!tx.insert_report("edge-1", 1, 10, "{}").unwrap());
-            assert!(tx.insert_report("edge-1", 2, 11, "{}").unwrap());
-            assert!(tx.insert_report("edge-2", 1, 11, "{}").unwrap());
+            assert!(tx.insert_report("edge-1", 7, 1, 10, "{}").unwrap());
+            assert!(!tx.insert_report("edge-1", 7, 1, 10, "{}").unwrap());
+            assert!(tx.insert_report("edge-1", 7, 2, 11, "{}").unwrap());
+            assert!(tx.insert_report("edge-2", 7, 1, 11, "{}").unwrap());
+            // A re-provisioned box: new store, seqs from 1 again, all kept.
+            assert!(tx.insert_report("edge-1", 8, 1, 12, "{}").unwrap());
             tx.commit().unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.report_count("edge-1").unwrap(), 2);
+        assert_eq!(store.report_count("edge-1").unwrap(), 3);
         assert_eq!(store.device("edge-1").unwrap().unwrap().name, "edge-1");
         assert!(device_exists(&store, "edge-1").unwrap());
         assert!(!device_exists(&store, "edge-9").unwrap());
@@ -618,8 +639,13 @@ mod tests {
         tx.ensure_device("d").unwrap();
         assert!(tx.record_state("d", 5, 3, &[]).unwrap());
         assert!(!tx.record_state("d", 4, 2, &[]).unwrap());
+        assert_eq!(tx.device("d").unwrap().unwrap().applied_generation, 3);
+        // A new agent store restarts the ordering.
+        assert!(tx.switch_store("d", 9).unwrap());
+        assert!(!tx.switch_store("d", 9).unwrap());
+        assert!(tx.record_state("d", 1, 4, &[]).unwrap());
         tx.commit().unwrap();
-        assert_eq!(store.device("d").unwrap().unwrap().applied_generation, 3);
+        assert_eq!(store.device("d").unwrap().unwrap().applied_generation, 4);
     }
 
     #[test]

@@ -110,13 +110,20 @@ fn on_hello(fleet: &Fleet, hello: Hello) -> Result<(), SyncError> {
         hello.last_applied_generation,
     )?;
     let labels_changed = before.as_ref().is_none_or(|d| d.labels != labels);
-    let behind_floor = tx
-        .desired(&hello.device)?
-        .is_none_or(|r| r.generation < hello.last_applied_generation);
-    if labels_changed || (behind_floor && hello.last_applied_generation > 0) {
+    let applied = hello.last_applied_generation;
+    let issued = tx.desired(&hello.device)?;
+    let behind_floor = issued.as_ref().is_none_or(|r| r.generation < applied);
+    // Same generation, other content: the device accepted a document this
+    // controller no longer has (its database was restored or lost); only a
+    // newer generation can replace it.
+    let conflicting = issued
+        .as_ref()
+        .is_some_and(|r| r.generation == applied && r.content_hash != hello.last_applied_hash);
+    if labels_changed || (behind_floor && applied > 0) || conflicting {
         let manifests = tx.manifests()?;
         let device = tx.device(&hello.device)?.into_iter().collect::<Vec<_>>();
-        match recompose(&tx, fleet.key(), &manifests, &device, 0) {
+        let floor = if conflicting { applied + 1 } else { 0 };
+        match recompose(&tx, fleet.key(), &manifests, &device, floor) {
             Ok(_) => {}
             Err(FleetError::Invalid { problems, .. }) => {
                 // The device's new labels pull in manifests that conflict; keep
@@ -140,11 +147,21 @@ fn on_hello(fleet: &Fleet, hello: Hello) -> Result<(), SyncError> {
         }
     }
     let current = tx.desired(&hello.device)?;
+    let in_sync = current.as_ref().is_some_and(|row| {
+        row.generation == hello.last_applied_generation
+            && row.content_hash == hello.last_applied_hash
+    });
+    if let (true, Some(row)) = (in_sync, &current) {
+        // The device holds the current document: that is an ack, even if
+        // the ack message itself was lost.
+        tx.record_ack_accepted(&hello.device, row.generation)?;
+    }
     tx.commit()?;
     drop(store);
+    // An empty receipt answers every hello, so the agent knows it was heard
+    // (a hello sent before this controller subscribed is lost otherwise).
+    send_receipt(fleet, &hello.device, vec![]);
     if let Some(row) = current {
-        let in_sync = row.generation == hello.last_applied_generation
-            && row.content_hash == hello.last_applied_hash;
         if in_sync {
             debug!(generation = row.generation, "device is in sync");
         } else {
@@ -183,6 +200,16 @@ fn on_ack(fleet: &Fleet, ack: Ack) -> Result<(), SyncError> {
             tx.record_ack_accepted(&ack.device, ack.generation)?;
             info!("device accepted the document");
         }
+        AckOutcome::Rejected(reason)
+            if ack.generation > 0
+                && tx
+                    .desired(&ack.device)?
+                    .is_some_and(|r| ack.generation < r.generation) =>
+        {
+            // An older document overtaken by a newer one (e.g. a hello's
+            // resend racing an apply): the refusal is expected, not an error.
+            debug!(%reason, "rejection of a superseded document ignored");
+        }
         AckOutcome::Rejected(reason) => {
             tx.record_ack_rejected(&ack.device, reason)?;
             tx.add_event(
@@ -214,11 +241,24 @@ fn on_report(fleet: &Fleet, report: Report) -> Result<(), SyncError> {
         warn!("report from an unknown device ignored (it must say hello first)");
         return Ok(());
     }
-    if !tx.insert_report(&report.device, report.seq, report.created_ms, &body_json)? {
+    let store_id = report.store_id.unwrap_or(0);
+    if tx.switch_store(&report.device, store_id)? {
+        info!(
+            store_id,
+            "reports now come from a new agent store (re-provisioned box); sequence restarts"
+        );
+    }
+    if !tx.insert_report(
+        &report.device,
+        store_id,
+        report.seq,
+        report.created_ms,
+        &body_json,
+    )? {
         debug!("duplicate report ignored");
         tx.commit()?;
         drop(store);
-        send_receipt(fleet, &report);
+        send_receipt(fleet, &report.device, vec![report.seq]);
         return Ok(());
     }
     match &report.body {
@@ -272,19 +312,19 @@ fn on_report(fleet: &Fleet, report: Report) -> Result<(), SyncError> {
     }
     tx.commit()?;
     drop(store);
-    send_receipt(fleet, &report);
+    send_receipt(fleet, &report.device, vec![report.seq]);
     Ok(())
 }
 
-/// Tells the agent the report is stored (committed above), so it may drop it
-/// from its outbox.
-fn send_receipt(fleet: &Fleet, report: &Report) {
+/// Tells the agent these reports are stored (committed by the caller), so it
+/// may drop them from its outbox; with no seqs, that its hello was heard.
+fn send_receipt(fleet: &Fleet, device: &str, seqs: Vec<u64>) {
     let receipt = Receipt {
-        device: report.device.clone(),
-        seqs: vec![report.seq],
+        device: device.to_string(),
+        seqs,
     };
     fleet.publish_raw(Publish {
-        topic: topics::receipt(&report.device),
+        topic: topics::receipt(device),
         payload: codec::encode(&receipt),
     });
 }

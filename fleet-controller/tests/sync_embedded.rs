@@ -133,6 +133,7 @@ async fn device_gets_signed_document_and_reports_back() {
                 object("upf", "vm", Phase::Unsupported),
             ],
         }),
+        store_id: Some(1),
     };
     dev.publish_raw(&topics::report("edge-1"), codec::encode(&state))
         .await;
@@ -145,6 +146,7 @@ async fn device_gets_signed_document_and_reports_back() {
             object: Some("mqtt-gateway".into()),
             message: "image pull slow".into(),
         }),
+        store_id: Some(1),
     };
     // At-least-once: the same report twice is stored once.
     for _ in 0..2 {

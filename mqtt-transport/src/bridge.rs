@@ -94,7 +94,7 @@ async fn carry(mut plain: UnixStream, target: Arc<Target>) {
         tcp.set_nodelay(true)?;
         target.connector.connect(target.name.clone(), tcp).await
     };
-    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             warn!(broker = %host, error = %e, "TLS connection to broker failed");
@@ -106,8 +106,17 @@ async fn carry(mut plain: UnixStream, target: Arc<Target>) {
         }
     };
     debug!(broker = %host, "TLS session established");
-    match tokio::io::copy_bidirectional(&mut plain, &mut tls).await {
-        Ok((up, down)) => debug!(broker = %host, up, down, "TLS session closed"),
-        Err(e) => debug!(broker = %host, error = %e, "TLS session ended"),
+    // When either side ends, end both: waiting for the other direction too
+    // would keep a dead broker connection (half-open) alive after rumqttc
+    // has already moved on to a new one.
+    let (mut plain_rx, mut plain_tx) = plain.split();
+    let (mut tls_rx, mut tls_tx) = tokio::io::split(tls);
+    tokio::select! {
+        up = tokio::io::copy(&mut plain_rx, &mut tls_tx) => {
+            debug!(broker = %host, result = ?up, "client side closed; TLS session ends");
+        }
+        down = tokio::io::copy(&mut tls_rx, &mut plain_tx) => {
+            debug!(broker = %host, result = ?down, "broker side closed; TLS session ends");
+        }
     }
 }

@@ -94,7 +94,8 @@ pub struct Receipt {
     /// Device name.
     #[n(0)]
     pub device: String,
-    /// Outbox seqs of reports now stored (also those stored before: duplicates).
+    /// Outbox seqs of reports now stored (also those stored before:
+    /// duplicates). Empty in the answer to a hello: "heard you".
     #[n(1)]
     pub seqs: Vec<u64>,
 }
@@ -114,6 +115,12 @@ pub struct Report {
     /// What it reports.
     #[n(3)]
     pub body: ReportBody,
+    /// Random identity of the agent's store, made when the store is created.
+    /// A re-provisioned box (new store) restarts `seq` at 1; the controller
+    /// dedups by (device, store_id, seq) so its new reports are not taken
+    /// for duplicates of the old store's.
+    #[n(4)]
+    pub store_id: Option<u64>,
 }
 
 /// The kinds of report.

@@ -30,6 +30,7 @@ fn uplink_messages_round_trip() {
                 generation: 3,
             }],
         }),
+        store_id: Some(7),
     };
     assert_eq!(decode::<Report>(&encode(&report)).expect("report"), report);
     let ack = Ack {
