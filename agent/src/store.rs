@@ -327,26 +327,6 @@ impl Store {
             .map_err(query("read desired"))
     }
 
-    /// Durably replaces the last accepted desired document.
-    pub fn save_desired(&self, doc: &StoredDesired, now_ms: u64) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO desired (id, generation, content_hash, signed, accepted_ms)
-                 VALUES (1, ?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET generation = excluded.generation,
-                   content_hash = excluded.content_hash, signed = excluded.signed,
-                   accepted_ms = excluded.accepted_ms",
-                params![
-                    doc.generation as i64,
-                    doc.content_hash,
-                    doc.signed,
-                    now_ms as i64
-                ],
-            )
-            .map_err(query("save desired"))?;
-        Ok(())
-    }
-
     /// Every persisted object state, by name.
     pub fn objects(&self) -> Result<Vec<ObjectRecord>, StoreError> {
         let mut stmt = self
@@ -686,9 +666,8 @@ mod tests {
         {
             let mut store = open(&dir, 100);
             assert_eq!(store.desired().unwrap(), None);
-            store.save_desired(&doc, 5).unwrap();
+            store.accept_desired(&doc, b"a", 5).unwrap();
             store.replace_objects(std::slice::from_ref(&rec)).unwrap();
-            store.enqueue(OutboxKind::Ack, b"a", 1).unwrap();
             // dropped without any explicit close, like a killed process
         }
         let store = open(&dir, 100);
@@ -696,14 +675,15 @@ mod tests {
         assert_eq!(store.objects().unwrap(), vec![rec]);
         assert_eq!(store.outbox_depth().unwrap(), 1);
         drop(store);
-        let ro = Store::open_read_only(&dir.path().join("agent.db")).unwrap();
-        assert_eq!(ro.desired().unwrap(), Some(doc));
+        let mut ro = Store::open_read_only(&dir.path().join("agent.db")).unwrap();
+        assert_eq!(ro.desired().unwrap(), Some(doc.clone()));
         assert!(ro
-            .save_desired(
+            .accept_desired(
                 &StoredDesired {
                     generation: 8,
-                    ..ro.desired().unwrap().unwrap()
+                    ..doc
                 },
+                b"a",
                 0
             )
             .is_err());

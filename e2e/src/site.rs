@@ -311,6 +311,18 @@ impl Agent {
         agent
     }
 
+    /// Starts agent `device` with default options, on `controller`'s broker
+    /// and trusting its key.
+    pub fn start_default(dir: &Path, device: &str, controller: &Controller) -> Self {
+        Self::start(
+            dir,
+            device,
+            &controller.broker_url(),
+            &controller.public_key(),
+            &AgentOptions::default(),
+        )
+    }
+
     /// Starts the agent process (again).
     pub fn restart(&mut self) {
         self.kill();

@@ -3,20 +3,10 @@
 
 use std::time::Duration;
 
-use mecvisor_e2e::site::{write_manifest, Agent, AgentOptions, Broker, Controller};
+use mecvisor_e2e::site::{write_manifest, Agent, Broker, Controller};
 use mecvisor_e2e::wait_until;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn edge_1(dir: &std::path::Path, controller: &Controller) -> Agent {
-    Agent::start(
-        dir,
-        "edge-1",
-        &controller.broker_url(),
-        &controller.public_key(),
-        &AgentOptions::default(),
-    )
-}
 
 /// The controller loses its database (signing key kept) and the operator
 /// re-applies a changed manifest: the controller's generation 1 now differs
@@ -26,7 +16,7 @@ fn agent_converges_after_the_controller_lost_its_database() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = mecvisor_e2e::free_port();
     let mut controller = Controller::start(dir.path(), Broker::Embedded { port });
-    let agent = edge_1(dir.path(), &controller);
+    let agent = Agent::start_default(dir.path(), "edge-1", &controller);
     controller.apply(&write_manifest(dir.path(), "video", "edge-1", &["cam"]));
     assert_eq!(controller.wait_acked("edge-1", 1, WAIT), 1);
 
@@ -62,7 +52,7 @@ fn reports_from_a_reprovisioned_box_are_not_mistaken_for_duplicates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = mecvisor_e2e::free_port();
     let controller = Controller::start(dir.path(), Broker::Embedded { port });
-    let mut agent = edge_1(dir.path(), &controller);
+    let mut agent = Agent::start_default(dir.path(), "edge-1", &controller);
     // Several generations, so the old store's seqs run ahead.
     for workloads in [&["a"][..], &["a", "b"], &["a", "b", "c"]] {
         controller.apply(&write_manifest(dir.path(), "video", "edge-1", workloads));

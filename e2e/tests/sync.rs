@@ -34,17 +34,6 @@ fn controller_via(dir: &std::path::Path, broker: &Mosquitto) -> Controller {
     )
 }
 
-/// Starts agent `edge-1` with default options on the controller's broker.
-fn edge_1(dir: &std::path::Path, controller: &Controller) -> Agent {
-    Agent::start(
-        dir,
-        "edge-1",
-        &controller.broker_url(),
-        &controller.public_key(),
-        &AgentOptions::default(),
-    )
-}
-
 fn object_names(status: &Value) -> Vec<String> {
     let mut names: Vec<String> = status["objects"]
         .as_array()
@@ -72,7 +61,7 @@ fn apply_is_acked_and_described_with_embedded_broker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = mecvisor_e2e::free_port();
     let controller = Controller::start(dir.path(), Broker::Embedded { port });
-    let agent = edge_1(dir.path(), &controller);
+    let agent = Agent::start_default(dir.path(), "edge-1", &controller);
     let manifest = write_manifest(dir.path(), "video", "edge-1", &["cam", "transcoder"]);
     controller.apply(&manifest);
     let generation = controller.wait_acked("edge-1", 1, ACK_WAIT);
@@ -222,7 +211,7 @@ fn agent_restarted_offline_reconciles_from_its_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut broker = Mosquitto::start(dir.path());
     let controller = controller_via(dir.path(), &broker);
-    let mut agent = edge_1(dir.path(), &controller);
+    let mut agent = Agent::start_default(dir.path(), "edge-1", &controller);
     controller.apply(&write_manifest(
         dir.path(),
         "video",
@@ -256,7 +245,7 @@ fn controller_restart_keeps_devices_manifests_and_generations() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = mecvisor_e2e::free_port();
     let mut controller = Controller::start(dir.path(), Broker::Embedded { port });
-    let _agent = edge_1(dir.path(), &controller);
+    let _agent = Agent::start_default(dir.path(), "edge-1", &controller);
     let manifest = write_manifest(dir.path(), "video", "edge-1", &["cam"]);
     controller.apply(&manifest);
     let generation = controller.wait_acked("edge-1", 1, ACK_WAIT);
@@ -286,7 +275,7 @@ fn replay_tampering_and_garbage_are_refused() {
     let controller = controller_via(dir.path(), &broker);
     let desired = topics::desired("edge-1");
     let probe = Probe::connect(broker.port, "attacker", &[&desired, &topics::ack("edge-1")]);
-    let mut agent = edge_1(dir.path(), &controller);
+    let mut agent = Agent::start_default(dir.path(), "edge-1", &controller);
     controller.apply(&write_manifest(dir.path(), "video", "edge-1", &["cam"]));
     let first = controller.wait_acked("edge-1", 1, ACK_WAIT);
     controller.apply(&write_manifest(
@@ -342,7 +331,7 @@ fn deletion_made_while_offline_is_applied_on_reconnect() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = mecvisor_e2e::free_port();
     let controller = Controller::start(dir.path(), Broker::Embedded { port });
-    let mut agent = edge_1(dir.path(), &controller);
+    let mut agent = Agent::start_default(dir.path(), "edge-1", &controller);
     let keep = write_manifest(dir.path(), "base", "edge-1", &["cam"]);
     let doomed = write_manifest(dir.path(), "extra", "edge-1", &["dvr"]);
     controller.apply(&keep);
