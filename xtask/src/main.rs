@@ -7,6 +7,7 @@ mod api;
 mod bench;
 mod bins;
 mod cluster;
+mod cross;
 mod demo;
 mod fuzz;
 mod procs;
@@ -54,6 +55,10 @@ enum Command {
     /// Run benchmarks (release build) and print a table of figures against
     /// the project's targets. Without a name, runs every benchmark.
     Bench(bench::BenchArgs),
+    /// Build static musl binaries (edge-agent, fleet-controller, fleetctl)
+    /// for aarch64 and x86_64 edge boxes into target/cross/<arch>/, with a
+    /// SHA256SUMS file; installs zig and cargo-zigbuild when missing.
+    Cross(cross::CrossArgs),
     /// Fuzz every parser of untrusted bytes (cargo-fuzz targets in fuzz/);
     /// installs cargo-fuzz when missing.
     Fuzz(fuzz::FuzzArgs),
@@ -66,6 +71,7 @@ fn main() {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Cross(args) => cross::run(&args),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
