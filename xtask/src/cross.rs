@@ -21,18 +21,21 @@ pub enum Arch {
     /// 64-bit ARM (aarch64-unknown-linux-musl).
     Aarch64,
     /// 64-bit x86 (x86_64-unknown-linux-musl).
+    #[value(name = "x86_64")]
     X86_64,
 }
 
 impl Arch {
-    fn triple(self) -> &'static str {
+    /// Rust target triple.
+    pub fn triple(self) -> &'static str {
         match self {
             Arch::Aarch64 => "aarch64-unknown-linux-musl",
             Arch::X86_64 => "x86_64-unknown-linux-musl",
         }
     }
 
-    fn name(self) -> &'static str {
+    /// Short name, as in `target/cross/<name>/`.
+    pub fn name(self) -> &'static str {
         match self {
             Arch::Aarch64 => "aarch64",
             Arch::X86_64 => "x86_64",
@@ -65,13 +68,20 @@ pub fn run(args: &CrossArgs) -> Result<()> {
         Some(arch) => vec![arch],
         None => vec![Arch::Aarch64, Arch::X86_64],
     };
-    ensure_toolchain(&arches)?;
     for arch in arches {
-        let dir = build(arch)?;
-        smoke(arch, &dir)?;
+        let dir = build_checked(arch)?;
         println!("{}: {}", arch.name(), dir.display());
     }
     Ok(())
+}
+
+/// Installs what is missing, builds one architecture, checks and smoke-runs
+/// its binaries; returns their directory.
+pub fn build_checked(arch: Arch) -> Result<PathBuf> {
+    ensure_toolchain(&[arch])?;
+    let dir = build(arch)?;
+    smoke(arch, &dir)?;
+    Ok(dir)
 }
 
 /// Runs every built binary's `--version`: natively on a matching host, under

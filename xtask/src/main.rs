@@ -8,6 +8,7 @@ mod bench;
 mod bins;
 mod cluster;
 mod cross;
+mod deb;
 mod demo;
 mod fuzz;
 mod procs;
@@ -59,6 +60,9 @@ enum Command {
     /// for aarch64 and x86_64 edge boxes into target/cross/<arch>/, with a
     /// SHA256SUMS file; installs zig and cargo-zigbuild when missing.
     Cross(cross::CrossArgs),
+    /// Build the Debian package of the agent (static binary, systemd unit,
+    /// example config) for aarch64 (arm64) and x86_64 (amd64).
+    Deb(deb::DebArgs),
     /// Fuzz every parser of untrusted bytes (cargo-fuzz targets in fuzz/);
     /// installs cargo-fuzz when missing.
     Fuzz(fuzz::FuzzArgs),
@@ -72,6 +76,7 @@ fn main() {
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Cross(args) => cross::run(&args),
+        Command::Deb(args) => deb::run(&args),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
