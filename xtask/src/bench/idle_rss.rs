@@ -1,7 +1,7 @@
 //! Idle RSS of edge-agent connected to mosquitto over mutual TLS, compared
 //! with an idle `mosquitto_sub` connected the same way.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -9,12 +9,12 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::mosquitto;
-use super::pki::{CertPair, Pki};
 use super::table::Table;
 use crate::bins::Bins;
 use crate::cluster::{start_agent, AgentSpec, AgentTls};
 use crate::procs::{rss_kib, wait_for, Lifetime, Proc};
 use crate::shell;
+use mecvisor_e2e::TestCerts;
 
 /// Target from the issue: agent idle RSS at most 6 MiB.
 const RSS_TARGET_KIB: u64 = 6 * 1024;
@@ -50,17 +50,16 @@ fn measure_inner(
     idle_secs: u64,
 ) -> Result<(u64, u64)> {
     println!("\n==> idle RSS: PKI, mosquitto with TLS and required client certificates");
-    let pki = Pki::new(&dir.join("pki"))?;
-    let server = pki.server("broker")?;
-    let agent_pair = pki.client("idle-1")?;
-    let peer = pki.client("peer")?;
+    let pki = TestCerts::new(&dir.join("pki"));
+    let (agent_cert, agent_key) = pki.client("idle-1");
+    let peer = pki.client("peer");
 
-    let (mut broker, port) = mosquitto::start(dir, Some((&pki, &server)))?;
+    let (mut broker, port) = mosquitto::start(dir, Some(&pki))?;
 
     let tls = AgentTls {
         ca: pki.ca.clone(),
-        cert: agent_pair.cert,
-        key: agent_pair.key,
+        cert: agent_cert,
+        key: agent_key,
     };
     let spec = AgentSpec {
         device: "idle-1",
@@ -112,7 +111,13 @@ fn measure_inner(
 }
 
 /// Starts an idle `mosquitto_sub` with a client certificate and waits for its CONNACK.
-fn start_tls_sub(dir: &Path, pki: &Pki, peer: &CertPair, port: u16) -> Result<Proc> {
+/// `peer` is a client (certificate, key) pair issued by `pki`.
+fn start_tls_sub(
+    dir: &Path,
+    pki: &TestCerts,
+    peer: &(PathBuf, PathBuf),
+    port: u16,
+) -> Result<Proc> {
     let sub_log = dir.join("mosquitto_sub.log");
     let mut sub = Proc::spawn(
         "mosquitto_sub",
@@ -129,9 +134,9 @@ fn start_tls_sub(dir: &Path, pki: &Pki, peer: &CertPair, port: u16) -> Result<Pr
             .arg("--cafile")
             .arg(&pki.ca)
             .arg("--cert")
-            .arg(&peer.cert)
+            .arg(&peer.0)
             .arg("--key")
-            .arg(&peer.key)
+            .arg(&peer.1)
             .args(["-t", "mecv/v1/#"]),
         &sub_log,
         Lifetime::TiedToXtask,
@@ -160,11 +165,9 @@ mod tests {
     #[test]
     fn pki_gives_working_mutual_tls_with_mosquitto() {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let pki = Pki::new(&tmp.path().join("pki")).expect("CA");
-        let server = pki.server("broker").expect("server cert");
-        let peer = pki.client("peer").expect("client cert");
-        let (_broker, port) =
-            mosquitto::start(tmp.path(), Some((&pki, &server))).expect("mosquitto");
+        let pki = TestCerts::new(&tmp.path().join("pki"));
+        let peer = pki.client("peer");
+        let (_broker, port) = mosquitto::start(tmp.path(), Some(&pki)).expect("mosquitto");
         let _sub = start_tls_sub(tmp.path(), &pki, &peer, port).expect("sub with cert connects");
         let no_cert = Command::new("mosquitto_pub")
             .args([
@@ -199,9 +202,9 @@ mod tests {
             .arg("--cafile")
             .arg(&pki.ca)
             .arg("--cert")
-            .arg(&peer.cert)
+            .arg(&peer.0)
             .arg("--key")
-            .arg(&peer.key)
+            .arg(&peer.1)
             .output()
             .expect("run mosquitto_pub");
         assert!(

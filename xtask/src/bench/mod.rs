@@ -5,7 +5,6 @@
 
 mod idle_rss;
 mod mosquitto;
-mod pki;
 mod sync;
 mod table;
 

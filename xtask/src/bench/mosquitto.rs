@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::pki::{CertPair, Pki};
 use crate::procs::{free_port, wait_for, Lifetime, Proc};
+use mecvisor_e2e::TestCerts;
 
 /// Starts mosquitto in `dir`; with `tls`, it requires client certificates
 /// signed by the PKI's CA. Returns it once it accepts TCP connections.
-pub fn start(dir: &Path, tls: Option<(&Pki, &CertPair)>) -> Result<(Proc, u16)> {
+pub fn start(dir: &Path, tls: Option<&TestCerts>) -> Result<(Proc, u16)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let port = free_port()?;
     let conf = dir.join("mosquitto.conf");
@@ -30,12 +30,12 @@ pub fn start(dir: &Path, tls: Option<(&Pki, &CertPair)>) -> Result<(Proc, u16)> 
          log_dest file {}\n",
         log_path(dir).display()
     );
-    if let Some((pki, server)) = tls {
+    if let Some(pki) = tls {
         conf_text += &format!(
             "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
             pki.ca.display(),
-            server.cert.display(),
-            server.key.display()
+            pki.server_cert.display(),
+            pki.server_key.display()
         );
     }
     std::fs::write(&conf, conf_text).with_context(|| format!("writing {}", conf.display()))?;
