@@ -79,14 +79,20 @@ pub fn free_port() -> u16 {
 }
 
 /// Path of a workspace binary (`edge-agent`, `fleet-controller`, `fleetctl`),
-/// next to the test executable's `deps/` folder. Build them first
+/// next to the test executable's `deps/` folder, or in `$MECVISOR_BIN_DIR`
+/// when set (e.g. release binaries for a benchmark). Build them first
 /// (`cargo build --workspace --bins`; `cargo xtask test` does).
 pub fn bin_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
+    let dir = match std::env::var_os("MECVISOR_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .expect("target/<profile>/deps")
+                .to_path_buf()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -17,6 +17,12 @@ pub enum Broker {
         /// Its MQTT port.
         port: u16,
     },
+    /// The controller's embedded rumqttd on a given address (e.g. a bridge
+    /// address inside a network namespace).
+    EmbeddedOn {
+        /// Address it listens on.
+        addr: std::net::SocketAddr,
+    },
     /// An external broker (mosquitto) at this URL, with TLS files when mqtts.
     External {
         /// `mqtt://…` or `mqtts://…`.
@@ -31,6 +37,7 @@ impl Broker {
     pub fn url(&self) -> String {
         match self {
             Broker::Embedded { port } => format!("mqtt://127.0.0.1:{port}"),
+            Broker::EmbeddedOn { addr } => format!("mqtt://{addr}"),
             Broker::External { url, .. } => url.clone(),
         }
     }
@@ -46,11 +53,22 @@ pub struct Controller {
     api_port: u16,
     broker: Broker,
     log: PathBuf,
+    netns: Option<String>,
 }
 
 impl Controller {
     /// Starts `fleet-controller serve` in `dir` and waits for its API.
     pub fn start(dir: &Path, broker: Broker) -> Self {
+        Self::start_in(dir, broker, None)
+    }
+
+    /// Starts the controller inside the network namespace `netns` (its API on
+    /// that namespace's loopback); fleetctl calls run there too.
+    pub fn start_in_netns(dir: &Path, netns: &str, broker: Broker) -> Self {
+        Self::start_in(dir, broker, Some(netns.to_string()))
+    }
+
+    fn start_in(dir: &Path, broker: Broker, netns: Option<String>) -> Self {
         let api_port = free_port();
         let mut controller = Controller {
             child: None,
@@ -59,6 +77,7 @@ impl Controller {
             api_port,
             broker,
             log: dir.join("controller.log"),
+            netns,
         };
         // A port picked free a moment ago can be taken by another test's
         // outgoing connection before the controller binds it: on
@@ -102,7 +121,7 @@ impl Controller {
     /// Starts it again; on failure returns its log.
     fn try_restart(&mut self) -> Result<(), String> {
         self.stop();
-        let mut cmd = Command::new(bin_path("fleet-controller"));
+        let mut cmd = in_netns(self.netns.as_deref(), "fleet-controller");
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -111,6 +130,9 @@ impl Controller {
         match &self.broker {
             Broker::Embedded { port } => {
                 cmd.arg("--mqtt-listen").arg(format!("127.0.0.1:{port}"));
+            }
+            Broker::EmbeddedOn { addr } => {
+                cmd.arg("--mqtt-listen").arg(addr.to_string());
             }
             Broker::External { url, tls } => {
                 cmd.arg("--broker").arg(url);
@@ -132,11 +154,12 @@ impl Controller {
         cmd.stdout(log.try_clone().expect("log fd")).stderr(log);
         self.child = Some(Child::spawn("fleet-controller", &mut cmd));
         let api = self.api.clone();
+        let netns = self.netns.clone();
         let up = wait_until(Duration::from_secs(20), || {
             if self.child.as_mut().is_some_and(|c| !c.is_running()) {
                 return Some(false);
             }
-            let out = fleetctl_raw(&api, &["get", "devices", "-o", "json"]);
+            let out = fleetctl_raw(netns.as_deref(), &api, &["get", "devices", "-o", "json"]);
             out.status.success().then_some(true)
         });
         match up {
@@ -173,7 +196,7 @@ impl Controller {
 
     /// Runs fleetctl against this controller; panics on failure.
     pub fn fleetctl(&self, args: &[&str]) -> String {
-        let out = fleetctl_raw(&self.api, args);
+        let out = fleetctl_raw(self.netns.as_deref(), &self.api, args);
         assert!(
             out.status.success(),
             "fleetctl {args:?} failed: {}{}",
@@ -185,7 +208,7 @@ impl Controller {
 
     /// Runs fleetctl and returns its output whatever the exit status.
     pub fn fleetctl_output(&self, args: &[&str]) -> Output {
-        fleetctl_raw(&self.api, args)
+        fleetctl_raw(self.netns.as_deref(), &self.api, args)
     }
 
     /// `fleetctl apply -f <file>`; returns the JSON-less stdout.
@@ -195,7 +218,11 @@ impl Controller {
 
     /// `fleetctl describe device <name> -o json`, or None when unknown.
     pub fn describe(&self, device: &str) -> Option<Value> {
-        let out = fleetctl_raw(&self.api, &["describe", "device", device, "-o", "json"]);
+        let out = fleetctl_raw(
+            self.netns.as_deref(),
+            &self.api,
+            &["describe", "device", device, "-o", "json"],
+        );
         if !out.status.success() {
             return None;
         }
@@ -232,8 +259,20 @@ impl Drop for Controller {
     }
 }
 
-fn fleetctl_raw(api: &str, args: &[&str]) -> Output {
-    Command::new(bin_path("fleetctl"))
+/// A command running the workspace binary `name`, inside `netns` if given.
+fn in_netns(netns: Option<&str>, name: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(bin_path(name));
+            cmd
+        }
+        None => Command::new(bin_path(name)),
+    }
+}
+
+fn fleetctl_raw(netns: Option<&str>, api: &str, args: &[&str]) -> Output {
+    in_netns(netns, "fleetctl")
         .arg("--server")
         .arg(api)
         .args(args)

@@ -42,6 +42,14 @@ impl Arch {
         }
     }
 
+    /// Debian's name for the architecture (`arm64`, `amd64`).
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "arm64",
+            Arch::X86_64 => "amd64",
+        }
+    }
+
     /// ELF `e_machine` of the architecture.
     fn elf_machine(self) -> u16 {
         match self {

@@ -47,7 +47,7 @@ pub fn run(args: &DebArgs) -> Result<()> {
 }
 
 /// Installs `deb` into a fresh Debian root and checks what it left there.
-fn verify_install(deb: &Path) -> Result<()> {
+pub fn verify_install(deb: &Path) -> Result<()> {
     let root = crate::bins::target_dir().join("cross").join("debian-root");
     if !root.join("usr/bin/systemctl").exists() {
         if !shell::succeeds(Command::new("debootstrap").arg("--version")) {
@@ -62,7 +62,7 @@ fn verify_install(deb: &Path) -> Result<()> {
             Command::new("debootstrap")
                 .args(["--variant=minbase", "--include=systemd", "bookworm"])
                 .arg(&root)
-                .arg(host_debian_mirror()?),
+                .arg(crate::debian::host_debian_mirror()?),
         )?;
     }
     println!("\n==> install, verify, run, purge in {}", root.display());
@@ -100,14 +100,6 @@ fn verify_install(deb: &Path) -> Result<()> {
     let _ = std::fs::remove_file(root.join("tmp/mecvisor-agent.deb"));
     println!("package installs, verifies, runs and purges cleanly");
     Ok(())
-}
-
-/// Debian's name for the architecture.
-fn debian_arch(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Aarch64 => "arm64",
-        Arch::X86_64 => "amd64",
-    }
 }
 
 /// Assembles the package tree next to the cross binaries and builds the .deb.
@@ -152,13 +144,10 @@ pub fn package(arch: Arch) -> Result<PathBuf> {
          Keeps an edge box converged on the desired state its fleet controller\n \
          publishes over MQTT: network slices, OCI containers and KVM guests.\n \
          One static binary; no runtime dependencies.\n",
-        debian_arch(arch)
+        arch.debian()
     );
     write(&root.join("DEBIAN/control"), &control)?;
-    let deb = out.join(format!(
-        "mecvisor-agent_{version}_{}.deb",
-        debian_arch(arch)
-    ));
+    let deb = out.join(format!("mecvisor-agent_{version}_{}.deb", arch.debian()));
     shell::run(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "--build"])
@@ -183,34 +172,4 @@ fn write(path: &Path, text: &str) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-/// The Debian mirror this host's apt uses (first `URIs:` of a deb822 source
-/// in /etc/apt/sources.list.d/, or first `deb` line of /etc/apt/sources.list),
-/// so the fresh root comes from the same place as every other package here.
-fn host_debian_mirror() -> Result<String> {
-    let mut texts = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        for entry in dir.flatten() {
-            if entry.path().extension().is_some_and(|e| e == "sources") {
-                texts.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
-            }
-        }
-    }
-    texts.push(std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
-    for text in &texts {
-        for line in text.lines().map(str::trim) {
-            let uri = if let Some(rest) = line.strip_prefix("URIs:") {
-                rest.split_whitespace().next()
-            } else if let Some(rest) = line.strip_prefix("deb ") {
-                rest.split_whitespace().find(|w| w.contains("://"))
-            } else {
-                None
-            };
-            if let Some(uri) = uri.filter(|u| u.ends_with("/debian")) {
-                return Ok(uri.to_string());
-            }
-        }
-    }
-    anyhow::bail!("no Debian mirror found in /etc/apt/sources.list(.d); cannot debootstrap")
 }

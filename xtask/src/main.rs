@@ -9,8 +9,11 @@ mod bins;
 mod cluster;
 mod cross;
 mod deb;
+mod debian;
 mod demo;
 mod fuzz;
+mod hil;
+mod images;
 mod procs;
 mod shell;
 mod test;
@@ -63,6 +66,14 @@ enum Command {
     /// Build the Debian package of the agent (static binary, systemd unit,
     /// example config) for aarch64 (arm64) and x86_64 (amd64).
     Deb(deb::DebArgs),
+    /// Build the lab's images from Debian packages (edge box and microVMM
+    /// guest per architecture, busybox OCI layout), content-addressed and
+    /// cached in target/images/.
+    Images(images::ImagesArgs),
+    /// Run the edge box lab suite: cross builds, images, the Debian package
+    /// in a fresh Debian root, and the hil tests on emulated ARM64/x86_64
+    /// boxes (QEMU TCG). Needs root.
+    Hil(hil::HilArgs),
     /// Fuzz every parser of untrusted bytes (cargo-fuzz targets in fuzz/);
     /// installs cargo-fuzz when missing.
     Fuzz(fuzz::FuzzArgs),
@@ -77,6 +88,8 @@ fn main() {
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Cross(args) => cross::run(&args),
         Command::Deb(args) => deb::run(&args),
+        Command::Images(args) => images::run(&args),
+        Command::Hil(args) => hil::run(&args),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -56,17 +56,24 @@ enum Step {
     Audit,
     /// `cargo build --workspace --bins`.
     Build,
-    /// `cargo test --workspace --no-fail-fast` (every test target runs, all failures listed).
+    /// `cargo test --workspace --no-fail-fast` (every test target runs, all
+    /// failures listed), except the lab's tests.
     Test,
+    /// The edge box lab (`cargo xtask hil`): static cross builds for both
+    /// architectures, images (cold, then a warm rebuild that must be all
+    /// cache hits), the Debian package in a fresh debootstrap root, and the
+    /// hil tests on emulated ARM64/x86_64 boxes.
+    Lab,
 }
 
-const STEPS: [Step; 6] = [
+const STEPS: [Step; 7] = [
     Step::Deps,
     Step::Fmt,
     Step::Clippy,
     Step::Audit,
     Step::Build,
     Step::Test,
+    Step::Lab,
 ];
 
 impl Step {
@@ -78,6 +85,7 @@ impl Step {
             Step::Audit => "audit",
             Step::Build => "build",
             Step::Test => "test",
+            Step::Lab => "lab",
         }
     }
 
@@ -96,6 +104,7 @@ impl Step {
             Step::Audit => audit(args.no_install),
             Step::Build => shell::run(cargo_cmd().args(["build", "--workspace", "--bins"])),
             Step::Test => run_tests(counts),
+            Step::Lab => crate::hil::suite(None, false, counts),
         }
     }
 }
@@ -175,11 +184,15 @@ pub fn run(args: &TestArgs) -> Result<()> {
 
 /// Totals over every `test result:` line cargo test printed.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct TestCounts {
-    binaries: u64,
-    passed: u64,
-    failed: u64,
-    ignored: u64,
+pub struct TestCounts {
+    /// Test binaries that reported.
+    pub binaries: u64,
+    /// Tests passed.
+    pub passed: u64,
+    /// Tests failed.
+    pub failed: u64,
+    /// Tests ignored.
+    pub ignored: u64,
 }
 
 impl TestCounts {
@@ -205,10 +218,32 @@ impl TestCounts {
     }
 }
 
-/// Runs `cargo test --workspace`, echoing its output and counting results.
+/// Runs `cargo test --workspace` except the lab's tests (the `lab` step runs
+/// those once its images are built), echoing output and counting results.
 fn run_tests(counts: &mut TestCounts) -> Result<()> {
+    run_cargo_tests(
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "mecvisor-hil",
+            "--no-fail-fast",
+        ],
+        &[],
+        counts,
+    )
+}
+
+/// Runs `cargo <args>` with extra environment, echoing its output and adding
+/// its `test result:` lines to `counts`.
+pub fn run_cargo_tests(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    counts: &mut TestCounts,
+) -> Result<()> {
     let mut cmd = cargo_cmd();
-    cmd.args(["test", "--workspace", "--no-fail-fast"])
+    cmd.args(args)
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped());
     let line = shell::describe(&cmd);
     println!("$ {line}");
@@ -237,29 +272,7 @@ fn cargo_cmd() -> Command {
 
 /// Installs missing apt packages and rustup components.
 fn install_deps(no_install: bool) -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| !apt_installed(pkg))
-        .collect();
-    if missing.is_empty() {
-        println!("apt packages present: {}", APT_PACKAGES.join(" "));
-    } else if no_install {
-        bail!("missing apt packages (--no-install): {}", missing.join(" "));
-    } else {
-        println!("installing missing apt packages: {}", missing.join(" "));
-        shell::run(
-            Command::new("apt-get")
-                .arg("update")
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-        shell::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
+    crate::debian::ensure_packages(APT_PACKAGES, no_install)?;
     for (component, subcommand) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
         if shell::succeeds(cargo_cmd().args([subcommand, "--version"])) {
             println!("rustup component present: {component}");
@@ -270,13 +283,6 @@ fn install_deps(no_install: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// True when dpkg reports `pkg` as installed.
-fn apt_installed(pkg: &str) -> bool {
-    shell::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
-        .map(|status| status.contains("install ok installed"))
-        .unwrap_or(false)
 }
 
 /// Location of the offline RustSec advisory database.

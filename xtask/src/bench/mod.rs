@@ -4,6 +4,7 @@
 //! marked MISS and the command still succeeds unless `--fail-on-miss` is given.
 
 mod idle_rss;
+mod lab;
 mod mosquitto;
 mod sync;
 mod table;
@@ -30,18 +31,22 @@ enum BenchName {
     /// Sync path: apply-to-ack latency (1 and many agents), agent idle RSS
     /// over mutual TLS, release binary sizes.
     Sync,
+    /// Edge box lab: boot-to-agent-connected per architecture (QEMU TCG),
+    /// static agent size per architecture. Needs root.
+    Lab,
 }
 
 /// Runs the selected benchmarks.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let selected = match args.name {
         Some(name) => vec![name],
-        None => vec![BenchName::Sync],
+        None => vec![BenchName::Sync, BenchName::Lab],
     };
     let mut misses = 0;
     for name in selected {
         let table = match name {
             BenchName::Sync => sync::run(&args.sync)?,
+            BenchName::Lab => lab::run()?,
         };
         table.print();
         misses += table.misses();

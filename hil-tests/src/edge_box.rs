@@ -1,0 +1,236 @@
+//! One emulated edge box: a QEMU machine with a state disk, a tap on the lab
+//! bridge, a console log and a command channel.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mecvisor_e2e::Child;
+
+use crate::images::BootImage;
+use crate::lab::LabNet;
+use crate::qemu::{MachineSpec, Net};
+use crate::shell::{self, CommandOutput};
+use crate::Arch;
+
+/// Size of the state disk (ext4, made on the host).
+const STATE_DISK_MIB: u64 = 64;
+/// Printed by the box's rcS when setup is done.
+pub const READY_MARKER: &str = "mecvisor-init: ready";
+
+/// A running (or powered-off) edge box.
+pub struct EdgeBox {
+    /// Device name of its agent.
+    pub name: String,
+    /// Architecture.
+    pub arch: Arch,
+    /// Its tap on the lab bridge.
+    pub tap: String,
+    spec: MachineSpec,
+    qemu: Option<Child>,
+    /// Console log length when the current boot started.
+    boot_offset: u64,
+    /// When QEMU was last started.
+    powered_on: Instant,
+    boots: u32,
+    net: Rc<LabNet>,
+}
+
+impl EdgeBox {
+    /// Makes the state disk and starts the machine.
+    pub(crate) fn boot(
+        net: Rc<LabNet>,
+        arch: Arch,
+        name: &str,
+        dir: &Path,
+        tap: String,
+        host: u8,
+        append: String,
+    ) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let disk = dir.join("state.img");
+        make_state_disk(&disk)?;
+        let spec = MachineSpec {
+            arch,
+            image: BootImage::load(arch, "edge-box")?,
+            append,
+            memory_mib: 512,
+            disk: Some(disk),
+            net: Net::Tap {
+                netns: net.netns.clone(),
+                ifname: tap.clone(),
+                mac: format!("52:54:00:77:00:{host:02x}"),
+            },
+            console_log: dir.join("console.log"),
+            shell_socket: Some(dir.join("shell.sock")),
+            no_reboot: false,
+        };
+        let mut edge_box = EdgeBox {
+            name: name.to_string(),
+            arch,
+            tap,
+            spec,
+            qemu: None,
+            boot_offset: 0,
+            powered_on: Instant::now(),
+            boots: 0,
+            net,
+        };
+        edge_box.power_on()?;
+        Ok(edge_box)
+    }
+
+    fn power_on(&mut self) -> Result<(), String> {
+        self.boots += 1;
+        let note = format!(
+            "\n===== hil: power on #{} of {} =====\n",
+            self.boots, self.name
+        );
+        append(&self.spec.console_log, &note)?;
+        self.boot_offset = file_len(&self.spec.console_log);
+        if let Some(socket) = &self.spec.shell_socket {
+            let _ = std::fs::remove_file(socket);
+        }
+        let stderr = std::fs::File::create(self.dir().join("qemu.stderr"))
+            .map_err(|e| format!("qemu stderr file: {e}"))?;
+        let mut cmd = self.spec.command();
+        cmd.stderr(stderr);
+        self.powered_on = Instant::now();
+        self.qemu = Some(Child::spawn(self.arch.qemu_binary(), &mut cmd));
+        Ok(())
+    }
+
+    /// The box's directory (disk, console log, sockets).
+    pub fn dir(&self) -> PathBuf {
+        self.spec
+            .console_log
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// The whole console log (every boot).
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.spec.console_log).unwrap_or_default()
+    }
+
+    /// The console output of the current boot.
+    pub fn boot_console(&self) -> String {
+        let all = std::fs::read(&self.spec.console_log).unwrap_or_default();
+        let start = (self.boot_offset as usize).min(all.len());
+        String::from_utf8_lossy(&all[start..]).into_owned()
+    }
+
+    /// Waits until the current boot printed `needle` on the console and
+    /// returns the time since power-on; fails (with the console) when QEMU
+    /// exits or `timeout` passes.
+    pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.boot_console().contains(needle) {
+                return Ok(self.powered_on.elapsed());
+            }
+            if !self.is_running() {
+                return Err(format!(
+                    "{}: QEMU exited before {needle:?}; stderr: {}\nconsole:\n{}",
+                    self.name,
+                    std::fs::read_to_string(self.dir().join("qemu.stderr")).unwrap_or_default(),
+                    self.boot_console()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "{}: no {needle:?} on the console after {timeout:?}; console:\n{}",
+            self.name,
+            self.boot_console()
+        ))
+    }
+
+    /// Waits for the box's setup to finish (the agent is being started).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, String> {
+        self.wait_console(READY_MARKER, timeout)
+    }
+
+    /// Whether QEMU is running.
+    pub fn is_running(&mut self) -> bool {
+        self.qemu.as_mut().is_some_and(|q| q.is_running())
+    }
+
+    /// Runs a shell script inside the box over the command channel.
+    pub fn run(&self, script: &str, timeout: Duration) -> Result<CommandOutput, String> {
+        let socket = self
+            .spec
+            .shell_socket
+            .as_ref()
+            .ok_or("this box has no command channel")?;
+        shell::run(socket, script, timeout).map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// Cuts the box's link (its tap goes down; the box sees nothing, like a
+    /// cable pulled at the far end).
+    pub fn cut_link(&self) -> Result<(), String> {
+        self.net.ip(&["link", "set", &self.tap, "down"])
+    }
+
+    /// Restores the link cut by [`EdgeBox::cut_link`].
+    pub fn restore_link(&self) -> Result<(), String> {
+        self.net.ip(&["link", "set", &self.tap, "up"])
+    }
+
+    /// Hard power cycle: QEMU is killed (no shutdown inside the box) and the
+    /// machine started again with the same state disk. A cut link stays cut.
+    pub fn power_cycle(&mut self) -> Result<(), String> {
+        self.power_off();
+        self.power_on()
+    }
+
+    /// Pulls the plug (SIGKILL to QEMU).
+    pub fn power_off(&mut self) {
+        if let Some(mut qemu) = self.qemu.take() {
+            qemu.kill();
+        }
+    }
+}
+
+impl Drop for EdgeBox {
+    fn drop(&mut self) {
+        self.power_off();
+    }
+}
+
+/// Creates a sparse raw disk with an empty ext4 filesystem.
+fn make_state_disk(path: &Path) -> Result<(), String> {
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.set_len(STATE_DISK_MIB << 20)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "mecvisor-state"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run mkfs.ext4: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mkfs.ext4 {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+fn append(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}

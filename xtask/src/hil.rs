@@ -1,0 +1,103 @@
+//! `cargo xtask hil`: the edge box lab's suite. Builds what the lab needs
+//! (static cross builds, images, host binaries), checks the warm image
+//! rebuild is all cache hits, verifies the Debian package in a fresh Debian
+//! root, then runs the `mecvisor-hil` tests (emulated boxes) with missing
+//! prerequisites counted as failures rather than skips.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::bins::cargo;
+use crate::cross::Arch;
+use crate::images::{self, ImagesArgs};
+use crate::test::{run_cargo_tests, TestCounts};
+use crate::timing::human;
+use crate::{deb, shell, workspace_root};
+
+/// Host packages the lab runs on: the emulators, mkfs.ext4 for state disks,
+/// iproute2 for the lab namespace, qemu-user for the cross smoke runs,
+/// debootstrap + systemd for the package check.
+pub const HOST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-system-arm",
+    "qemu-user-static",
+    "e2fsprogs",
+    "iproute2",
+    "debootstrap",
+    "systemd",
+];
+
+/// Options of `cargo xtask hil`.
+#[derive(Debug, Args)]
+pub struct HilArgs {
+    /// Run only the hil tests whose name contains this (cargo test filter);
+    /// the package check is skipped then.
+    filter: Option<String>,
+    /// Keep each lab's directory (console logs, disks, controller log).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Runs the lab suite.
+pub fn run(args: &HilArgs) -> Result<()> {
+    let mut counts = TestCounts::default();
+    let result = suite(args.filter.as_deref(), args.keep, &mut counts);
+    println!(
+        "hil tests: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.ignored
+    );
+    result
+}
+
+/// The suite, adding the hil test results to `counts` (also used by
+/// `cargo xtask test`).
+pub fn suite(filter: Option<&str>, keep: bool, counts: &mut TestCounts) -> Result<()> {
+    crate::debian::ensure_packages(HOST_PACKAGES, false)?;
+    let started = Instant::now();
+    images::build(&ImagesArgs::default())?;
+    println!("lab: images ready in {}", human(started.elapsed()));
+
+    // Must-show 5: a rebuild with nothing changed is all cache hits.
+    let warm = Instant::now();
+    let artifacts = images::build(&ImagesArgs::default())?;
+    let rebuilt: Vec<&str> = artifacts
+        .iter()
+        .filter(|a| !a.cached)
+        .map(|a| a.name)
+        .collect();
+    if !rebuilt.is_empty() {
+        bail!("warm image rebuild rebuilt {rebuilt:?}: the cache did not hold");
+    }
+    println!(
+        "lab: warm image rebuild: {} artifacts, all cached, in {}",
+        artifacts.len(),
+        human(warm.elapsed())
+    );
+
+    if filter.is_none() {
+        // Must-show 4: the agent's package on a fresh Debian root.
+        let deb = deb::package(Arch::X86_64)?;
+        deb::verify_install(&deb)?;
+    }
+
+    shell::run(Command::new(cargo()).current_dir(workspace_root()).args([
+        "build",
+        "--bins",
+        "-p",
+        "edge-agent",
+        "-p",
+        "fleet-controller",
+    ]))?;
+    let mut args = vec!["test", "-p", "mecvisor-hil", "--no-fail-fast"];
+    if let Some(filter) = filter {
+        args.push(filter);
+    }
+    let mut envs = vec![("MECVISOR_HIL_REQUIRED", "1")];
+    if keep {
+        envs.push(("MECVISOR_HIL_KEEP", "1"));
+    }
+    run_cargo_tests(&args, &envs, counts)
+}
