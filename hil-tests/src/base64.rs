@@ -23,19 +23,30 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
-/// Decodes base64, ignoring whitespace; `None` on any other stray byte.
+/// Decodes padded base64, ignoring line breaks; `None` for anything else
+/// (a stray byte, a wrong length, data after the padding).
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|b| !matches!(b, b'\n' | b'\r'))
+        .collect();
+    if !clean.len().is_multiple_of(4) {
+        return None;
+    }
+    let padding = clean.iter().rev().take_while(|&&b| b == b'=').count();
+    if padding > 2 || clean[..clean.len() - padding].contains(&b'=') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(clean.len() / 4 * 3);
     let mut acc = 0u32;
     let mut bits = 0;
-    for byte in text.bytes() {
+    for &byte in &clean[..clean.len() - padding] {
         let value = match byte {
             b'A'..=b'Z' => byte - b'A',
             b'a'..=b'z' => byte - b'a' + 26,
             b'0'..=b'9' => byte - b'0' + 52,
             b'+' => 62,
             b'/' => 63,
-            b'=' | b'\n' | b'\r' | b' ' => continue,
             _ => return None,
         };
         acc = (acc << 6) | u32::from(value);
@@ -63,5 +74,8 @@ mod tests {
         }
         assert_eq!(decode("Zm9v\nYmFy\n").unwrap(), b"foobar");
         assert!(decode("Zm9v!").is_none());
+        assert!(decode("RUN 3 Zm9v").is_none(), "spaces are not base64");
+        assert!(decode("Zm9vY").is_none(), "length not a multiple of 4");
+        assert!(decode("Zm=vYg==").is_none(), "data after padding");
     }
 }

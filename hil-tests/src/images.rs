@@ -74,10 +74,31 @@ impl BootImage {
                 )),
             }
         };
-        Ok(BootImage {
+        let image = BootImage {
             kernel: file("kernel")?,
             initramfs: file("initramfs")?,
-        })
+        };
+        // An edge box image must hold the agent `cargo xtask cross` built
+        // last, or a test would exercise yesterday's agent.
+        if let Some(recorded) = manifest["digests"]["edge-agent"].as_str() {
+            let built = dir
+                .parent()
+                .map(|target| target.join("cross").join(arch.name()).join("edge-agent"));
+            if let Some(built) = built.filter(|p| p.is_file()) {
+                match sha256_file(&built) {
+                    Ok(digest) if digest == recorded => {}
+                    _ => {
+                        return Err(format!(
+                            "the {recipe} image for {} holds an older edge-agent than {}; \
+                             run `cargo xtask images`",
+                            arch.name(),
+                            built.display()
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(image)
     }
 }
 
@@ -129,6 +150,29 @@ mod tests {
         manifest(dir.path(), b"kernel", b"kernel");
         let image = BootImage::load_from(dir.path(), Arch::X86_64, "edge-box").unwrap();
         assert!(image.kernel.ends_with("blobs/k"));
+
+        // An image built from another agent than the one cross built last.
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(images.join("x86_64")).unwrap();
+        std::fs::rename(
+            dir.path().join("x86_64/edge-box.json"),
+            images.join("x86_64/edge-box.json"),
+        )
+        .unwrap();
+        let path = images.join("x86_64/edge-box.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json["digests"]["edge-agent"] = "0".repeat(64).into();
+        std::fs::write(&path, json.to_string()).unwrap();
+        assert!(
+            BootImage::load_from(&images, Arch::X86_64, "edge-box").is_ok(),
+            "no agent built: fine"
+        );
+        std::fs::create_dir_all(dir.path().join("cross/x86_64")).unwrap();
+        std::fs::write(dir.path().join("cross/x86_64/edge-agent"), b"newer agent").unwrap();
+        let err = BootImage::load_from(&images, Arch::X86_64, "edge-box").unwrap_err();
+        assert!(err.contains("older edge-agent"), "{err}");
+        std::fs::rename(path, dir.path().join("x86_64/edge-box.json")).unwrap();
 
         manifest(dir.path(), b"kernel, flipped", b"kernel");
         let err = BootImage::load_from(dir.path(), Arch::X86_64, "edge-box").unwrap_err();

@@ -58,8 +58,24 @@ impl LabNet {
 
 impl Drop for LabNet {
     fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.netns]);
+        delete_namespace(&self.netns);
     }
+}
+
+/// Kills whatever still runs in the namespace (e.g. a controller whose test
+/// process was killed), then deletes it with its bridge and taps.
+fn delete_namespace(netns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", netns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _ = ip(&["netns", "del", netns]);
 }
 
 /// A lab: namespace + bridge + fleet controller, and the boxes on it.
@@ -175,7 +191,7 @@ fn remove_stale_namespaces() {
         let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
             if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = ip(&["netns", "del", name]);
+                delete_namespace(name);
             }
         }
     }

@@ -1,10 +1,13 @@
 //! The command channel into a box: the host end of its `hvc0` virtio
 //! console, served inside the box by `images/edge-box/shell-server`.
 //!
-//! A request is `RUN <id> <base64 script>\n`; the answer is the script's
-//! combined output in base64, then `@@END <id> <status>@@`. A request the box
-//! did not see (its server not up yet, or the box rebooting) is sent again
-//! with a new id until the deadline.
+//! A request is `RUN <id> <base64 script>\n`. The box answers `@@ACK <id>@@`
+//! when it has read the request, then the script's combined output in
+//! base64, then `@@END <id> <status>@@`. A request that is not acknowledged
+//! within a few seconds (the server not up yet, the box rebooting) is sent
+//! again with a new id; an acknowledged one is never resent, so a script runs
+//! at most once. Lines before the acknowledgement (e.g. the tty echoing a
+//! request that arrived before the server turned echo off) are ignored.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -32,19 +35,30 @@ impl CommandOutput {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// How long one attempt waits for its answer before the request is resent.
-const ATTEMPT: Duration = Duration::from_secs(5);
+/// How long a request may go unacknowledged before it is sent again.
+const ACK_WAIT: Duration = Duration::from_secs(3);
 
-/// Runs `script` (sh) in the box behind `socket`, trying until `timeout`.
+/// Why one attempt ended without an answer.
+enum AttemptError {
+    /// The box never acknowledged the request: safe to send it again.
+    NotSeen(String),
+    /// The box took the request but the answer did not come: do not resend.
+    Lost(String),
+}
+
+/// Runs `script` (sh) in the box behind `socket`; fails when no answer comes
+/// within `timeout`.
 pub fn run(socket: &Path, script: &str, timeout: Duration) -> Result<CommandOutput, String> {
     let deadline = Instant::now() + timeout;
     let mut last_error = String::from("no attempt made");
     while Instant::now() < deadline {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let wait = ATTEMPT.min(deadline.saturating_duration_since(Instant::now()));
-        match attempt(socket, id, script, wait) {
+        match attempt(socket, id, script, deadline) {
             Ok(output) => return Ok(output),
-            Err(error) => last_error = error,
+            Err(AttemptError::NotSeen(error)) => last_error = error,
+            Err(AttemptError::Lost(error)) => {
+                return Err(format!("command channel {}: {error}", socket.display()))
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -54,45 +68,67 @@ pub fn run(socket: &Path, script: &str, timeout: Duration) -> Result<CommandOutp
     ))
 }
 
-fn attempt(socket: &Path, id: u64, script: &str, wait: Duration) -> Result<CommandOutput, String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(wait.max(Duration::from_millis(100))))
-        .map_err(|e| e.to_string())?;
+fn attempt(
+    socket: &Path,
+    id: u64,
+    script: &str,
+    deadline: Instant,
+) -> Result<CommandOutput, AttemptError> {
+    use AttemptError::{Lost, NotSeen};
+    let mut stream = UnixStream::connect(socket).map_err(|e| NotSeen(format!("connect: {e}")))?;
     let request = format!("RUN {id} {}\n", base64::encode(script.as_bytes()));
     stream
         .write_all(request.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
-    let started = Instant::now();
-    let mut reader = BufReader::new(stream);
-    let mut encoded = String::new();
+        .map_err(|e| NotSeen(format!("send: {e}")))?;
+    let ack_deadline = (Instant::now() + ACK_WAIT).min(deadline);
+    let ack = format!("@@ACK {id}@@");
     let end_prefix = format!("@@END {id} ");
+    let mut reader = BufReader::new(stream);
+    let mut acknowledged = false;
+    let mut encoded = String::new();
     let mut line = String::new();
-    while started.elapsed() < wait {
+    loop {
+        let until = if acknowledged { deadline } else { ack_deadline };
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(if acknowledged {
+                Lost("the box took the command but did not finish it in time".into())
+            } else {
+                NotSeen("no acknowledgement".into())
+            });
+        }
+        reader
+            .get_ref()
+            .set_read_timeout(Some(left))
+            .map_err(|e| Lost(e.to_string()))?;
         line.clear();
         match reader.read_line(&mut line) {
-            Ok(0) => return Err("channel closed".into()),
+            Ok(0) if acknowledged => return Err(Lost("channel closed mid-command".into())),
+            Ok(0) => return Err(NotSeen("channel closed".into())),
             Ok(_) => {}
-            Err(e) => return Err(format!("no answer: {e}")),
+            // A timeout: loop to the deadline check.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(e) if acknowledged => return Err(Lost(format!("read: {e}"))),
+            Err(e) => return Err(NotSeen(format!("read: {e}"))),
         }
-        let text = line.trim_end();
+        let text = line.trim_end_matches(['\r', '\n']);
+        if !acknowledged {
+            acknowledged = text == ack;
+            continue;
+        }
         if let Some(rest) = text.strip_prefix(&end_prefix) {
             let status = rest
-                .trim_end_matches("@@")
-                .parse()
-                .map_err(|_| format!("bad end line {text:?}"))?;
-            let bytes = base64::decode(&encoded).ok_or("output is not base64")?;
+                .strip_suffix("@@")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Lost(format!("bad end line {text:?}")))?;
+            let bytes =
+                base64::decode(&encoded).ok_or_else(|| Lost("output is not base64".into()))?;
             return Ok(CommandOutput {
                 status,
                 output: String::from_utf8_lossy(&bytes).into_owned(),
             });
         }
-        if text.starts_with("@@END ") {
-            // The answer to an earlier, abandoned attempt.
-            encoded.clear();
-        } else {
-            encoded.push_str(text);
-        }
+        encoded.push_str(text);
     }
-    Err("no answer in time".into())
 }

@@ -134,16 +134,26 @@ pub fn out_dir(arch: Arch) -> PathBuf {
 /// Installs the rustup target, zig and cargo-zigbuild when missing.
 fn ensure_toolchain(arches: &[Arch]) -> Result<()> {
     let installed = shell::output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    let may_install = |what: &str| -> Result<()> {
+        if crate::installs_allowed() {
+            Ok(())
+        } else {
+            bail!("{what} is missing (--no-install)")
+        }
+    };
     for arch in arches {
         if !installed.lines().any(|l| l.trim() == arch.triple()) {
+            may_install(&format!("rustup target {}", arch.triple()))?;
             shell::run(Command::new("rustup").args(["target", "add", arch.triple()]))?;
         }
     }
     if !shell::succeeds(Command::new("python3").args(["-m", "ziglang", "version"])) {
+        may_install("zig (PyPI ziglang)")?;
         println!("zig is missing; installing it from PyPI (ziglang)");
         shell::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "ziglang"]))?;
     }
     if !shell::succeeds(Command::new(cargo()).args(["zigbuild", "--help"])) {
+        may_install("cargo-zigbuild")?;
         println!("cargo-zigbuild is missing; installing it (about 2 minutes)");
         shell::run(Command::new(cargo()).args(["install", "cargo-zigbuild", "--locked"]))?;
     }

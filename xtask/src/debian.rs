@@ -54,8 +54,10 @@ pub fn host_debian_mirror() -> Result<String> {
 }
 
 /// Installs the host packages in `packages` that are missing (apt-get), or
-/// fails naming them when `no_install` is set.
+/// fails naming them when `no_install` is set or installs are forbidden
+/// (`--no-install`).
 pub fn ensure_packages(packages: &[&str], no_install: bool) -> Result<()> {
+    let no_install = no_install || !crate::installs_allowed();
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -67,6 +69,13 @@ pub fn ensure_packages(packages: &[&str], no_install: bool) -> Result<()> {
     }
     if no_install {
         bail!("missing apt packages (--no-install): {}", missing.join(" "));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "missing apt packages {} and not root to install them \
+             (`cargo xtask test --skip lab` runs everything but the edge box lab)",
+            missing.join(" ")
+        );
     }
     println!("installing missing apt packages: {}", missing.join(" "));
     shell::run(

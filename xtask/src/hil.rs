@@ -39,10 +39,16 @@ pub struct HilArgs {
     /// Keep each lab's directory (console logs, disks, controller log).
     #[arg(long)]
     keep: bool,
+    /// Do not install missing host tools; fail naming them instead.
+    #[arg(long)]
+    no_install: bool,
 }
 
 /// Runs the lab suite.
 pub fn run(args: &HilArgs) -> Result<()> {
+    if args.no_install {
+        crate::forbid_installs();
+    }
     let mut counts = TestCounts::default();
     let result = suite(args.filter.as_deref(), args.keep, &mut counts);
     println!(
@@ -55,6 +61,12 @@ pub fn run(args: &HilArgs) -> Result<()> {
 /// The suite, adding the hil test results to `counts` (also used by
 /// `cargo xtask test`).
 pub fn suite(filter: Option<&str>, keep: bool, counts: &mut TestCounts) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "the edge box lab needs root (network namespaces, taps, debootstrap); \
+             `cargo xtask test --skip lab` runs everything else"
+        );
+    }
     crate::debian::ensure_packages(HOST_PACKAGES, false)?;
     let started = Instant::now();
     images::build(&ImagesArgs::default())?;

@@ -20,6 +20,7 @@ mod test;
 mod timing;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -95,6 +96,20 @@ fn main() {
         eprintln!("xtask: error: {err:#}");
         std::process::exit(1);
     }
+}
+
+/// Set by `--no-install`: every step fails on a missing tool instead of
+/// installing it.
+static NO_INSTALL: AtomicBool = AtomicBool::new(false);
+
+/// Forbids installing tools for the rest of this run.
+pub fn forbid_installs() {
+    NO_INSTALL.store(true, Ordering::Relaxed);
+}
+
+/// Whether a missing tool may be installed.
+pub fn installs_allowed() -> bool {
+    !NO_INSTALL.load(Ordering::Relaxed)
 }
 
 /// The workspace root (the parent of this crate's directory).

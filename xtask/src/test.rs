@@ -119,6 +119,9 @@ enum Outcome {
 
 /// Runs the pipeline.
 pub fn run(args: &TestArgs) -> Result<()> {
+    if args.no_install {
+        crate::forbid_installs();
+    }
     let total = Instant::now();
     let mut outcomes: Vec<(Step, Outcome)> = Vec::new();
     let mut failure = None;

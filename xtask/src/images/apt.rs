@@ -89,11 +89,13 @@ impl AptRoot {
         Ok(root)
     }
 
-    /// Downloads the package lists.
+    /// Downloads the package lists; the freshness stamp is written only
+    /// after a complete update.
     pub fn update(&self) -> Result<()> {
         println!("images: fetching {} package lists", self.arch);
-        shell::run(self.apt("apt-get").args(["-q", "update"]))?;
         let stamp = self.dir.join("lists/.updated");
+        let _ = std::fs::remove_file(&stamp);
+        shell::run(self.apt("apt-get").args(["-q", "update"]))?;
         std::fs::write(&stamp, b"").with_context(|| format!("writing {}", stamp.display()))
     }
 
@@ -141,6 +143,13 @@ impl AptRoot {
     }
 
     fn download(&self, into: &Path, name: &str) -> Result<PathBuf> {
+        // Start empty: a file left by an interrupted or refused run must not
+        // be taken for this download.
+        if into.exists() {
+            std::fs::remove_dir_all(into)
+                .with_context(|| format!("clearing {}", into.display()))?;
+        }
+        std::fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
         shell::run(
             self.apt("apt-get")
                 .current_dir(into)
@@ -175,8 +184,13 @@ impl AptRoot {
         let mut cmd = Command::new(program);
         for option in [
             format!("Dir::Etc::SourceList={dir}/etc/sources.list"),
-            "Dir::Etc::SourceParts=/nonexistent".to_string(),
+            format!("Dir::Etc::SourceParts={dir}/etc/empty"),
             format!("Dir::State::Lists={dir}/lists"),
+            format!("Dir::State::status={dir}/status"),
+            // Host pinning and default-release settings do not apply here.
+            "Dir::Etc::Preferences=/dev/null".to_string(),
+            format!("Dir::Etc::PreferencesParts={dir}/etc/empty"),
+            "APT::Default-Release=".to_string(),
             format!("Dir::Cache={dir}/cache"),
             // Named explicitly: hosts (e.g. container images) often switch
             // the binary cache off, which makes every query reparse the lists.

@@ -15,9 +15,6 @@ use super::{Artifact, Inputs};
 use crate::cross::Arch;
 use crate::{shell, workspace_root};
 
-/// Bump when the code below changes what it produces.
-const RECIPE_VERSION: u32 = 1;
-
 /// Which bootable image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootImage {
@@ -44,18 +41,20 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
     let kernel_deb = &inputs.kernel(arch)?.sha256;
     let busybox_deb = &inputs.busybox(arch)?.sha256;
 
-    let mut key = KeyBuilder::new(image.name(), RECIPE_VERSION);
+    let mut key = KeyBuilder::new(image.name());
     key.part("arch", arch.name().as_bytes())
         .part("kernel", kernel_deb.as_bytes())
         .part("busybox", busybox_deb.as_bytes());
     for (name, bytes) in &recipe_files {
         key.part(name, bytes);
     }
+    // Read once: the bytes hashed into the key are the bytes shipped.
     let agent = if image == BootImage::EdgeBox {
         let path = crate::cross::out_dir(arch).join("edge-agent");
-        let digest = super::cas::sha256_file(&path)?;
-        key.part("edge-agent", digest.as_bytes());
-        Some(path)
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("reading {} (run `cargo xtask cross`)", path.display()))?;
+        key.part("edge-agent", bytes.as_slice());
+        Some(bytes)
     } else {
         None
     };
@@ -101,7 +100,7 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
                 bytes(&recipe_files, "shell-server")?,
             )?;
             if let Some(agent) = &agent {
-                tree.file_from("usr/bin/edge-agent", 0o755, agent)?;
+                tree.file("usr/bin/edge-agent", 0o755, agent.clone())?;
             }
             tree.dir("var/lib/mecvisor")?;
             tree.dir("etc/mecvisor")?;
@@ -115,11 +114,15 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
     let vmlinuz = std::fs::read(kernel.vmlinuz()).context("reading the kernel image")?;
     let kernel_digest = cas.put_bytes(&vmlinuz)?;
     let release = cas.put_bytes(kernel.release.as_bytes())?;
-    let outputs = BTreeMap::from([
+    let mut outputs = BTreeMap::from([
         ("kernel".to_string(), kernel_digest),
         ("initramfs".to_string(), initramfs),
         ("kernel-release".to_string(), release),
     ]);
+    if let Some(agent) = &agent {
+        // Recorded so the hil harness can tell an image older than the agent.
+        outputs.insert("edge-agent".to_string(), cas.put_bytes(agent)?);
+    }
     cas.record(&key, &outputs)?;
     Ok(Artifact::new(image.name(), Some(arch), key, outputs, false))
 }
@@ -129,7 +132,13 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
 pub fn add_busybox(tree: &mut FileTree, deb: &Path) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     shell::output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir.path()))?;
-    tree.file_from("bin/busybox", 0o755, &dir.path().join("bin/busybox"))?;
+    // bookworm ships /bin/busybox; merged-/usr releases ship /usr/bin/busybox.
+    let binary = ["bin/busybox", "usr/bin/busybox"]
+        .iter()
+        .map(|p| dir.path().join(p))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{} holds no busybox binary", deb.display()))?;
+    tree.file_from("bin/busybox", 0o755, &binary)?;
     tree.symlink("bin/sh", "busybox")
 }
 

@@ -14,6 +14,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+/// The code that turns inputs into image files.
+const RECIPE_CODE: &[&str] = &[
+    include_str!("boot.rs"),
+    include_str!("kernel.rs"),
+    include_str!("oci.rs"),
+    include_str!("tree.rs"),
+];
+
 /// A SHA-256 digest as 64 lowercase hex digits.
 pub type Digest256 = String;
 
@@ -29,12 +37,15 @@ pub struct KeyBuilder {
 }
 
 impl KeyBuilder {
-    /// A key for the recipe `name`; bump `version` when the recipe's code changes
-    /// in a way that changes its output.
-    pub fn new(name: &str, version: u32) -> Self {
+    /// A key for the recipe `name`. The source of the image code itself is
+    /// part of every key, so a change to how images are made rebuilds them
+    /// (no version number to forget to bump).
+    pub fn new(name: &str) -> Self {
         let mut builder = KeyBuilder::default();
         builder.part("recipe", name.as_bytes());
-        builder.part("version", &version.to_le_bytes());
+        for source in RECIPE_CODE {
+            builder.part("code", source.as_bytes());
+        }
         builder
     }
 
@@ -212,7 +223,7 @@ mod tests {
         );
         assert_eq!(std::fs::read(cas.blob_path(&digest)).unwrap(), b"abc");
 
-        let key = KeyBuilder::new("r", 1).part("in", b"x").finish();
+        let key = KeyBuilder::new("r").part("in", b"x").finish();
         assert!(cas.lookup(&key).unwrap().is_none());
         let outputs = BTreeMap::from([("out".to_string(), digest.clone())]);
         cas.record(&key, &outputs).unwrap();
@@ -229,7 +240,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cas = Cas::open(dir.path()).unwrap();
         let digest = cas.put_bytes(b"kernel bytes").unwrap();
-        let key = KeyBuilder::new("r", 1).finish();
+        let key = KeyBuilder::new("r").finish();
         let outputs = BTreeMap::from([("kernel".to_string(), digest.clone())]);
         cas.record(&key, &outputs).unwrap();
         let path = cas.blob_path(&digest);
@@ -245,10 +256,10 @@ mod tests {
 
     #[test]
     fn key_parts_do_not_run_together() {
-        let a = KeyBuilder::new("r", 1).part("a", b"bc").finish();
-        let b = KeyBuilder::new("r", 1).part("ab", b"c").finish();
+        let a = KeyBuilder::new("r").part("a", b"bc").finish();
+        let b = KeyBuilder::new("r").part("ab", b"c").finish();
         assert_ne!(a, b);
-        assert_ne!(a, KeyBuilder::new("r", 2).part("a", b"bc").finish());
+        assert_ne!(a, KeyBuilder::new("s").part("a", b"bc").finish());
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct UnpackedKernel {
     dir: tempfile::TempDir,
     /// `uname -r` of the kernel, e.g. `6.1.0-56-cloud-amd64`.
     pub release: String,
+    /// The unpacked `lib/modules` directory.
+    modules: PathBuf,
 }
 
 /// One line of a recipe's module list: a module wanted on some architectures.
@@ -68,20 +70,29 @@ impl UnpackedKernel {
     pub fn unpack(deb: &Path) -> Result<Self> {
         let dir = tempfile::tempdir().context("creating a temp dir")?;
         shell::output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir.path()))?;
-        let modules = dir.path().join("lib/modules");
+        // bookworm ships /lib/modules; merged-/usr releases /usr/lib/modules.
+        let modules = ["lib/modules", "usr/lib/modules"]
+            .iter()
+            .map(|p| dir.path().join(p))
+            .find(|p| p.is_dir())
+            .with_context(|| format!("{} has no lib/modules", deb.display()))?;
         let release = std::fs::read_dir(&modules)
             .with_context(|| format!("{} has no lib/modules", deb.display()))?
             .flatten()
             .find_map(|e| e.file_name().to_str().map(str::to_string))
             .with_context(|| format!("{} has no kernel release dir", deb.display()))?;
         // The .deb ships no modules.dep (its postinst runs depmod): make one.
-        shell::output(
-            Command::new("depmod")
-                .arg("-b")
-                .arg(dir.path())
-                .arg(&release),
-        )?;
-        Ok(UnpackedKernel { dir, release })
+        // depmod -b <base> reads <base>/lib/modules/<release>.
+        let base = modules
+            .parent()
+            .and_then(Path::parent)
+            .context("modules directory has no parent")?;
+        shell::output(Command::new("depmod").arg("-b").arg(base).arg(&release))?;
+        Ok(UnpackedKernel {
+            dir,
+            release,
+            modules,
+        })
     }
 
     /// The compressed kernel image (`/boot/vmlinuz-<release>`).
@@ -92,7 +103,7 @@ impl UnpackedKernel {
     }
 
     fn modules_dir(&self) -> PathBuf {
-        self.dir.path().join("lib/modules").join(&self.release)
+        self.modules.join(&self.release)
     }
 
     /// Resolves the wanted modules for `arch` to files, following

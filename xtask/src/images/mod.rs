@@ -48,6 +48,9 @@ pub struct ImagesArgs {
     /// Fetch fresh Debian package lists even when the cached ones are recent.
     #[arg(long)]
     pub refresh: bool,
+    /// Do not install missing host tools; fail naming them instead.
+    #[arg(long)]
+    pub no_install: bool,
 }
 
 /// The images `--only` can pick.
@@ -196,6 +199,9 @@ pub fn build(args: &ImagesArgs) -> Result<Vec<Artifact>> {
         for &arch in &arches {
             cross::build_checked(arch)?;
         }
+    }
+    if args.no_install {
+        crate::forbid_installs();
     }
     crate::debian::ensure_packages(HOST_PACKAGES, false)?;
     let cas = Cas::open(&images_dir())?;

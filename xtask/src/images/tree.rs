@@ -35,14 +35,18 @@ impl FileTree {
 
     /// Adds a directory (and its parents), mode 0755.
     pub fn dir(&mut self, path: &str) -> Result<()> {
+        self.dir_with_mode(path, 0o755)
+    }
+
+    /// Adds a directory with this mode (e.g. 0o1777 for /tmp).
+    pub fn dir_with_mode(&mut self, path: &str, mode: u32) -> Result<()> {
         let path = normalize(path)?;
         self.parents(&path)?;
         match self.entries.get(&path) {
-            None => {
-                self.entries.insert(path, Node::Dir(0o755));
+            None | Some(Node::Dir(_)) => {
+                self.entries.insert(path, Node::Dir(mode & 0o7777));
                 Ok(())
             }
-            Some(Node::Dir(_)) => Ok(()),
             Some(_) => bail!("{path} is already a file or link in the tree"),
         }
     }
