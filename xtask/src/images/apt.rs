@@ -208,6 +208,21 @@ impl AptRoot {
     }
 }
 
+/// Unpacks a .deb's files into a fresh temp dir (`dpkg-deb -x`).
+pub fn unpack(deb: &Path) -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir().context("creating a temp dir")?;
+    shell::output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir.path()))?;
+    Ok(dir)
+}
+
+/// `root/<path>` if it exists, else `root/usr/<path>`: packages of
+/// merged-/usr releases (trixie on) ship `/bin`, `/lib` under `/usr`.
+pub fn unpacked_path(root: &Path, path: &str) -> Option<PathBuf> {
+    [root.join(path), root.join("usr").join(path)]
+        .into_iter()
+        .find(|p| p.exists())
+}
+
 /// Parses one `apt-cache show` stanza.
 fn parse_stanza(text: &str) -> Result<PackageInfo> {
     let mut fields = BTreeMap::new();

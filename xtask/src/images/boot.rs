@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result};
 
@@ -13,7 +12,7 @@ use super::kernel::{parse_module_list, UnpackedKernel};
 use super::tree::{to_cpio_newc, FileTree};
 use super::{Artifact, Inputs};
 use crate::cross::Arch;
-use crate::{shell, workspace_root};
+use crate::workspace_root;
 
 /// Which bootable image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,13 +129,8 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
 /// Adds busybox (from the busybox-static .deb) as /bin/busybox with /bin/sh;
 /// the init installs the other applet links at boot.
 pub fn add_busybox(tree: &mut FileTree, deb: &Path) -> Result<()> {
-    let dir = tempfile::tempdir().context("creating a temp dir")?;
-    shell::output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir.path()))?;
-    // bookworm ships /bin/busybox; merged-/usr releases ship /usr/bin/busybox.
-    let binary = ["bin/busybox", "usr/bin/busybox"]
-        .iter()
-        .map(|p| dir.path().join(p))
-        .find(|p| p.is_file())
+    let dir = super::apt::unpack(deb)?;
+    let binary = super::apt::unpacked_path(dir.path(), "bin/busybox")
         .with_context(|| format!("{} holds no busybox binary", deb.display()))?;
     tree.file_from("bin/busybox", 0o755, &binary)?;
     tree.symlink("bin/sh", "busybox")

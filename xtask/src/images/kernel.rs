@@ -68,13 +68,8 @@ pub struct ModuleSelection {
 impl UnpackedKernel {
     /// Unpacks the kernel .deb at `deb`.
     pub fn unpack(deb: &Path) -> Result<Self> {
-        let dir = tempfile::tempdir().context("creating a temp dir")?;
-        shell::output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir.path()))?;
-        // bookworm ships /lib/modules; merged-/usr releases /usr/lib/modules.
-        let modules = ["lib/modules", "usr/lib/modules"]
-            .iter()
-            .map(|p| dir.path().join(p))
-            .find(|p| p.is_dir())
+        let dir = super::apt::unpack(deb)?;
+        let modules = super::apt::unpacked_path(dir.path(), "lib/modules")
             .with_context(|| format!("{} has no lib/modules", deb.display()))?;
         let release = std::fs::read_dir(&modules)
             .with_context(|| format!("{} has no lib/modules", deb.display()))?
