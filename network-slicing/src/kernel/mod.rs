@@ -1,0 +1,224 @@
+//! The kernel side: a netlink connection (in this or another network
+//! namespace) and the link operations slices need.
+
+mod links;
+
+pub use links::{Link, LinkKind};
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
+use rtnetlink::{LinkBridge, LinkUnspec, LinkVlan};
+
+/// Why a kernel operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The netlink socket could not be opened.
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The network namespace could not be entered.
+    #[error("cannot enter network namespace {path}: {message}")]
+    Namespace {
+        /// Its path, e.g. /run/netns/<name>.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// The kernel refused a request.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// The request, e.g. "create bridge mvb1234abcd".
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A link named in a plan is gone.
+    #[error("link {0} does not exist")]
+    NoSuchLink(String),
+}
+
+/// A netlink connection to one network namespace.
+#[derive(Clone)]
+pub struct Kernel {
+    handle: rtnetlink::Handle,
+}
+
+impl Kernel {
+    /// Connects in the caller's network namespace. Must run inside a tokio
+    /// runtime (the connection task is spawned on it).
+    pub fn connect() -> Result<Kernel, KernelError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Kernel { handle })
+    }
+
+    /// Connects in the network namespace at `path` (e.g. `/run/netns/x`):
+    /// the socket is opened by a helper thread that entered that namespace;
+    /// a socket stays in the namespace it was opened in.
+    pub fn connect_in_netns(path: &Path) -> Result<Kernel, KernelError> {
+        let runtime = tokio::runtime::Handle::current();
+        let path = path.to_path_buf();
+        let opened = std::thread::spawn(move || {
+            let fail = |message: String| KernelError::Namespace {
+                path: path.display().to_string(),
+                message,
+            };
+            let file = std::fs::File::open(&path).map_err(|e| fail(e.to_string()))?;
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| fail(e.to_string()))?;
+            let _runtime = runtime.enter();
+            rtnetlink::new_connection().map_err(KernelError::Socket)
+        })
+        .join()
+        .map_err(|_| KernelError::Namespace {
+            path: "?".into(),
+            message: "helper thread panicked".into(),
+        })??;
+        let (connection, handle, _) = opened;
+        tokio::spawn(connection);
+        Ok(Kernel { handle })
+    }
+
+    /// Every link in the namespace.
+    pub async fn links(&self) -> Result<Vec<Link>, KernelError> {
+        let mut stream = self.handle.link().get().execute();
+        let mut links = Vec::new();
+        while let Some(message) =
+            stream
+                .try_next()
+                .await
+                .map_err(|source| KernelError::Netlink {
+                    what: "list links".into(),
+                    source,
+                })?
+        {
+            links.push(Link::from_message(&message));
+        }
+        Ok(links)
+    }
+
+    /// The index of the link called `name`.
+    pub async fn index_of(&self, name: &str) -> Result<u32, KernelError> {
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match stream.try_next().await {
+            Ok(Some(message)) => Ok(message.header.index),
+            Ok(None) | Err(_) => Err(KernelError::NoSuchLink(name.to_string())),
+        }
+    }
+
+    /// Every IPv4 address: (link index, address, prefix length).
+    pub async fn ipv4_addresses(&self) -> Result<Vec<(u32, std::net::Ipv4Addr, u8)>, KernelError> {
+        let mut stream = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(message) =
+            stream
+                .try_next()
+                .await
+                .map_err(|source| KernelError::Netlink {
+                    what: "list addresses".into(),
+                    source,
+                })?
+        {
+            for attribute in &message.attributes {
+                if let AddressAttribute::Address(std::net::IpAddr::V4(v4)) = attribute {
+                    out.push((message.header.index, *v4, message.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a bridge with an ownership alias, administratively up.
+    pub async fn create_bridge(&self, name: &str, alias: &str) -> Result<(), KernelError> {
+        let message = LinkBridge::new(name).alias(alias).up().build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                what: format!("create bridge {name}"),
+                source,
+            })
+    }
+
+    /// Creates a VLAN sub-interface of `parent` with an ownership alias.
+    pub async fn create_vlan(
+        &self,
+        name: &str,
+        parent: u32,
+        vlan_id: u16,
+        alias: &str,
+    ) -> Result<(), KernelError> {
+        let message = LinkVlan::new(name, parent, vlan_id).alias(alias).build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                what: format!("create VLAN {vlan_id} link {name}"),
+                source,
+            })
+    }
+
+    /// Enslaves link `index` to the bridge `controller`.
+    pub async fn attach(&self, index: u32, controller: u32, what: &str) -> Result<(), KernelError> {
+        let message = LinkUnspec::new_with_index(index)
+            .controller(controller)
+            .build();
+        self.set(message, what).await
+    }
+
+    /// Sets link `index` administratively up.
+    pub async fn set_up(&self, index: u32, what: &str) -> Result<(), KernelError> {
+        let message = LinkUnspec::new_with_index(index).up().build();
+        self.set(message, what).await
+    }
+
+    /// Deletes link `index`.
+    pub async fn delete(&self, index: u32, what: &str) -> Result<(), KernelError> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                what: what.to_string(),
+                source,
+            })
+    }
+
+    async fn set(
+        &self,
+        message: netlink_packet_route::link::LinkMessage,
+        what: &str,
+    ) -> Result<(), KernelError> {
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                what: what.to_string(),
+                source,
+            })
+    }
+}
+
+/// The link attribute holding an alias (for tests and diagnostics).
+pub fn alias_of(attributes: &[LinkAttribute]) -> Option<&str> {
+    attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(alias) => Some(alias.as_str()),
+        _ => None,
+    })
+}

@@ -1,0 +1,90 @@
+//! Kernel names of a slice's objects and the ownership mark on them.
+//!
+//! Interface names are at most 15 bytes, slice names up to 63, so names are
+//! derived from a hash of the slice name: `mvb<8 hex>` for the bridge,
+//! `mvv<8 hex>` for the VLAN sub-interface. Stable across restarts; a clash
+//! is caught by [`crate::conflicts`]. Ownership is the interface alias
+//! `mecvisor slice=<name> role=<bridge|vlan>`, visible in `ip link` too.
+
+use sha2::{Digest, Sha256};
+
+/// Prefix of every alias mecvisor sets; links without it are not ours.
+pub const ALIAS_PREFIX: &str = "mecvisor slice=";
+
+/// What a link does for its slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// The slice's bridge.
+    Bridge,
+    /// The slice's VLAN sub-interface on the uplink.
+    Vlan,
+}
+
+impl Role {
+    /// Name used in the alias.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Bridge => "bridge",
+            Role::Vlan => "vlan",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Role::Bridge => "mvb",
+            Role::Vlan => "mvv",
+        }
+    }
+}
+
+/// The interface name of `role` for `slice`.
+pub fn link_name(slice: &str, role: Role) -> String {
+    let digest = Sha256::digest(slice.as_bytes());
+    format!("{}{}", role.prefix(), hex::encode(&digest[..4]))
+}
+
+/// The ownership alias of `role` for `slice`.
+pub fn alias(slice: &str, role: Role) -> String {
+    format!("{ALIAS_PREFIX}{slice} role={}", role.as_str())
+}
+
+/// Reads an ownership alias back: `(slice, role)`, or `None` for a link
+/// mecvisor did not create.
+pub fn parse_alias(alias: &str) -> Option<(String, Role)> {
+    let rest = alias.strip_prefix(ALIAS_PREFIX)?;
+    let (slice, role) = rest.rsplit_once(" role=")?;
+    let role = match role {
+        "bridge" => Role::Bridge,
+        "vlan" => Role::Vlan,
+        _ => return None,
+    };
+    (!slice.is_empty()).then(|| (slice.to_string(), role))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_ifnamsiz_and_differ_by_role() {
+        let long = "a".repeat(63);
+        for role in [Role::Bridge, Role::Vlan] {
+            let name = link_name(&long, role);
+            assert!(name.len() <= 15, "{name}");
+            assert_eq!(name, link_name(&long, role), "stable");
+        }
+        assert_ne!(link_name("x", Role::Bridge), link_name("x", Role::Vlan));
+        assert_ne!(link_name("x", Role::Bridge), link_name("y", Role::Bridge));
+    }
+
+    #[test]
+    fn aliases_round_trip_and_foreign_ones_are_not_ours() {
+        assert_eq!(
+            parse_alias(&alias("video", Role::Vlan)),
+            Some(("video".to_string(), Role::Vlan))
+        );
+        assert_eq!(parse_alias("uplink to the core"), None);
+        assert_eq!(parse_alias("mecvisor slice=x role=router"), None);
+        assert_eq!(parse_alias("mecvisor slice= role=bridge"), None);
+    }
+}

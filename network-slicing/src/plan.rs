@@ -1,0 +1,300 @@
+//! Desired slices vs the links the kernel has -> the actions that close the
+//! gap. Pure: no kernel access, so every rule is unit-tested.
+//!
+//! Rules: a link is mecvisor's only if its alias says so; links without the
+//! mark are never in a plan. Deletions come first (they free VLAN ids and
+//! names), then creations, then attachments and bringing links up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::kernel::{Link, LinkKind};
+use crate::model::Slice;
+use crate::names::{link_name, parse_alias, Role};
+
+/// One change to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Remove a link mecvisor created.
+    Delete {
+        /// Link name.
+        name: String,
+        /// Why it goes.
+        why: String,
+    },
+    /// Create the slice's bridge (up, with its alias).
+    CreateBridge {
+        /// Slice.
+        slice: String,
+        /// Bridge name.
+        name: String,
+    },
+    /// Create the slice's VLAN sub-interface on its uplink.
+    CreateVlan {
+        /// Slice.
+        slice: String,
+        /// Link name.
+        name: String,
+        /// Uplink name.
+        uplink: String,
+        /// VLAN id.
+        vlan_id: u16,
+    },
+    /// Enslave a link to a bridge.
+    Attach {
+        /// Link name.
+        name: String,
+        /// Bridge name.
+        bridge: String,
+    },
+    /// Set a link administratively up.
+    Up {
+        /// Link name.
+        name: String,
+    },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Delete { name, why } => write!(f, "delete {name} ({why})"),
+            Action::CreateBridge { slice, name } => {
+                write!(f, "create bridge {name} for slice {slice}")
+            }
+            Action::CreateVlan {
+                slice,
+                name,
+                uplink,
+                vlan_id,
+            } => write!(
+                f,
+                "create VLAN {vlan_id} link {name} on {uplink} for slice {slice}"
+            ),
+            Action::Attach { name, bridge } => write!(f, "attach {name} to {bridge}"),
+            Action::Up { name } => write!(f, "set {name} up"),
+        }
+    }
+}
+
+/// The actions that turn `observed` into `desired`, in the order to run them.
+pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
+    let by_name: BTreeMap<&str, &Link> = observed.iter().map(|l| (l.name.as_str(), l)).collect();
+    let by_index: BTreeMap<u32, &Link> = observed.iter().map(|l| (l.index, l)).collect();
+    let ours = |link: &Link| link.alias.as_deref().and_then(parse_alias);
+
+    let mut deletes = Vec::new();
+    let mut creates = Vec::new();
+    let mut finishing = Vec::new();
+    let mut wanted: BTreeSet<(String, Role)> = BTreeSet::new();
+
+    for slice in desired {
+        wanted.insert((slice.name.clone(), Role::Bridge));
+        wanted.insert((slice.name.clone(), Role::Vlan));
+        let bridge = link_name(&slice.name, Role::Bridge);
+        let vlan = link_name(&slice.name, Role::Vlan);
+
+        match by_name.get(bridge.as_str()).filter(|l| ours(l).is_some()) {
+            Some(link) if link.kind == LinkKind::Bridge => {
+                if !link.up {
+                    finishing.push(Action::Up {
+                        name: bridge.clone(),
+                    });
+                }
+            }
+            Some(_) => {
+                deletes.push(Action::Delete {
+                    name: bridge.clone(),
+                    why: format!("slice {} needs a bridge by that name", slice.name),
+                });
+                creates.push(Action::CreateBridge {
+                    slice: slice.name.clone(),
+                    name: bridge.clone(),
+                });
+            }
+            None => creates.push(Action::CreateBridge {
+                slice: slice.name.clone(),
+                name: bridge.clone(),
+            }),
+        }
+
+        let existing = by_name.get(vlan.as_str()).filter(|l| ours(l).is_some());
+        let parent_name = |l: &Link| {
+            l.parent
+                .and_then(|p| by_index.get(&p))
+                .map(|p| p.name.as_str())
+        };
+        let matches = existing.is_some_and(|l| {
+            l.kind == LinkKind::Vlan(slice.vlan_id) && parent_name(l) == Some(slice.uplink.as_str())
+        });
+        if let (Some(_), false) = (existing, matches) {
+            deletes.push(Action::Delete {
+                name: vlan.clone(),
+                why: format!(
+                    "slice {} moved to VLAN {} on {}",
+                    slice.name, slice.vlan_id, slice.uplink
+                ),
+            });
+        }
+        if !matches {
+            creates.push(Action::CreateVlan {
+                slice: slice.name.clone(),
+                name: vlan.clone(),
+                uplink: slice.uplink.clone(),
+                vlan_id: slice.vlan_id,
+            });
+        }
+        let attached = matches
+            && existing.is_some_and(|l| {
+                l.controller
+                    .and_then(|c| by_index.get(&c))
+                    .map(|b| b.name.as_str())
+                    == Some(bridge.as_str())
+            });
+        if !attached {
+            finishing.push(Action::Attach {
+                name: vlan.clone(),
+                bridge: bridge.clone(),
+            });
+        }
+        if !(matches && existing.is_some_and(|l| l.up)) {
+            finishing.push(Action::Up { name: vlan.clone() });
+        }
+    }
+
+    for link in observed {
+        if let Some((slice, role)) = ours(link) {
+            if !wanted.contains(&(slice.clone(), role)) {
+                deletes.push(Action::Delete {
+                    name: link.name.clone(),
+                    why: format!("slice {slice} is no longer wanted"),
+                });
+            }
+        }
+    }
+    // VLAN links before bridges, so no bridge is deleted under a live port.
+    deletes.sort_by_key(|a| match a {
+        Action::Delete { name, .. } => !name.starts_with("mvv"),
+        _ => true,
+    });
+    deletes
+        .into_iter()
+        .chain(creates)
+        .chain(finishing)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Rates;
+    use crate::names::alias;
+
+    fn slice(name: &str, vlan: u16) -> Slice {
+        Slice {
+            name: name.into(),
+            vlan_id: vlan,
+            uplink: "eth0".into(),
+            rates: Rates::resolve(&mecvisor_protocol::QosSpec {
+                tier: Some(mecvisor_protocol::QosTier::Gold),
+                ..Default::default()
+            }),
+            subnet: None,
+        }
+    }
+
+    fn uplink() -> Link {
+        Link {
+            index: 2,
+            name: "eth0".into(),
+            kind: LinkKind::Other("veth".into()),
+            alias: None,
+            controller: None,
+            parent: None,
+            up: true,
+        }
+    }
+
+    /// The links a fully applied slice has.
+    fn applied(name: &str, vlan: u16, first_index: u32) -> Vec<Link> {
+        vec![
+            Link {
+                index: first_index,
+                name: link_name(name, Role::Bridge),
+                kind: LinkKind::Bridge,
+                alias: Some(alias(name, Role::Bridge)),
+                controller: None,
+                parent: None,
+                up: true,
+            },
+            Link {
+                index: first_index + 1,
+                name: link_name(name, Role::Vlan),
+                kind: LinkKind::Vlan(vlan),
+                alias: Some(alias(name, Role::Vlan)),
+                controller: Some(first_index),
+                parent: Some(2),
+                up: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn from_nothing_creates_then_attaches_then_brings_up() {
+        let actions = plan(&[slice("video", 100)], &[uplink()]);
+        let text: Vec<String> = actions.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 4, "{text:#?}");
+        assert!(text[0].starts_with("create bridge mvb"), "{text:#?}");
+        assert!(text[1].starts_with("create VLAN 100 link mvv"), "{text:#?}");
+        assert!(text[2].starts_with("attach mvv"), "{text:#?}");
+        assert!(text[3].starts_with("set mvv"), "{text:#?}");
+    }
+
+    #[test]
+    fn an_applied_slice_needs_nothing() {
+        let mut observed = vec![uplink()];
+        observed.extend(applied("video", 100, 10));
+        assert_eq!(plan(&[slice("video", 100)], &observed), vec![]);
+    }
+
+    #[test]
+    fn unwanted_slices_go_and_foreign_links_stay() {
+        let mut observed = vec![uplink()];
+        observed.extend(applied("old", 100, 10));
+        let mut foreign = applied("x", 7, 20);
+        for link in &mut foreign {
+            link.alias = Some("operator's own bridge".into());
+        }
+        observed.extend(foreign);
+        let actions = plan(&[], &observed);
+        let names: Vec<String> = actions.iter().map(ToString::to_string).collect();
+        assert_eq!(names.len(), 2, "{names:#?}");
+        assert!(
+            names[0].starts_with("delete mvv"),
+            "VLAN link first: {names:#?}"
+        );
+        assert!(names[1].starts_with("delete mvb"), "{names:#?}");
+    }
+
+    #[test]
+    fn a_moved_vlan_is_recreated_and_a_half_built_slice_completed() {
+        let mut observed = vec![uplink()];
+        observed.extend(applied("video", 100, 10));
+        let actions = plan(&[slice("video", 200)], &observed);
+        let text: Vec<String> = actions.iter().map(ToString::to_string).collect();
+        assert!(
+            text[0].starts_with("delete mvv") && text[0].contains("moved to VLAN 200"),
+            "{text:#?}"
+        );
+        assert!(text[1].starts_with("create VLAN 200"), "{text:#?}");
+
+        // Killed after the bridge was made: only the rest is done.
+        let mut half = vec![uplink()];
+        half.push(applied("video", 100, 10).remove(0));
+        let text: Vec<String> = plan(&[slice("video", 100)], &half)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(text[0].starts_with("create VLAN 100"), "{text:#?}");
+    }
+}
