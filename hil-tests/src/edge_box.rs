@@ -47,16 +47,26 @@ impl EdgeBox {
         tap: String,
         host: u8,
         append: String,
+        payload: Option<&Path>,
     ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let disk = dir.join("state.img");
         make_state_disk(&disk)?;
+        let payload = match payload {
+            Some(files) => {
+                let image = dir.join("payload.img");
+                make_payload_disk(&image, files)?;
+                Some(image)
+            }
+            None => None,
+        };
         let spec = MachineSpec {
             arch,
             image: BootImage::load(arch, "edge-box")?,
             append,
             memory_mib: 512,
             disk: Some(disk),
+            payload,
             net: Net::Tap {
                 netns: net.netns.clone(),
                 ifname: tap.clone(),
@@ -202,11 +212,35 @@ impl Drop for EdgeBox {
 
 /// Creates a sparse raw disk with an empty ext4 filesystem.
 fn make_state_disk(path: &Path) -> Result<(), String> {
+    mkfs(path, STATE_DISK_MIB << 20, "mecvisor-state", None)
+}
+
+/// Creates an ext4 disk holding the files of `files` (mounted read-only at
+/// /mnt/payload in the box).
+fn make_payload_disk(path: &Path, files: &Path) -> Result<(), String> {
+    let mut bytes = 0u64;
+    for entry in std::fs::read_dir(files).map_err(|e| format!("{}: {e}", files.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+    }
+    mkfs(
+        path,
+        bytes * 2 + (16 << 20),
+        "mecvisor-payload",
+        Some(files),
+    )
+}
+
+fn mkfs(path: &Path, size: u64, label: &str, files: Option<&Path>) -> Result<(), String> {
     let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    file.set_len(STATE_DISK_MIB << 20)
+    file.set_len(size)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "mecvisor-state"])
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.args(["-q", "-F", "-L", label]);
+    if let Some(files) = files {
+        cmd.arg("-d").arg(files);
+    }
+    let out = cmd
         .arg(path)
         .stdin(Stdio::null())
         .output()

@@ -127,6 +127,17 @@ impl Lab {
     /// Creates a tap for a new box and boots it; returns once QEMU runs (use
     /// [`EdgeBox::wait_ready`] to wait for the agent).
     pub fn boot_box(&mut self, arch: Arch, name: &str) -> Result<EdgeBox, String> {
+        self.boot_box_with_payload(arch, name, None)
+    }
+
+    /// Like [`Lab::boot_box`], with the files of the directory `payload`
+    /// on a second disk, mounted read-only at /mnt/payload in the box.
+    pub fn boot_box_with_payload(
+        &mut self,
+        arch: Arch,
+        name: &str,
+        payload: Option<&Path>,
+    ) -> Result<EdgeBox, String> {
         let host = self.next_host;
         self.next_host += 1;
         let tap = format!("tap{host}");
@@ -148,6 +159,7 @@ impl Lab {
             tap,
             host,
             append,
+            payload,
         )
     }
 

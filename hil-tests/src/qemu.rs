@@ -21,6 +21,9 @@ pub struct MachineSpec {
     pub memory_mib: u32,
     /// Raw disk image attached as the first virtio disk (`/dev/vda`).
     pub disk: Option<PathBuf>,
+    /// Raw disk image attached read-only as the second virtio disk
+    /// (`/dev/vdb`), e.g. test binaries for the box.
+    pub payload: Option<PathBuf>,
     /// Network: a tap (by name) in `netns`, or QEMU's user-mode network.
     pub net: Net,
     /// File the serial console is appended to.
@@ -93,6 +96,14 @@ impl MachineSpec {
                     disk.display()
                 ))
                 .args(["-device", "virtio-blk-pci,drive=disk0"]);
+        }
+        if let Some(payload) = &self.payload {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},format=raw,if=none,id=disk1,readonly=on",
+                    payload.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=disk1"]);
         }
         match &self.net {
             Net::None => {}

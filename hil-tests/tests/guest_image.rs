@@ -48,6 +48,7 @@ fn guest_boots(arch: Arch) {
         append: "panic=-1 loglevel=4 mecvisor.ip=10.0.2.15/24".into(),
         memory_mib: 256,
         disk: Some(disk),
+        payload: None,
         net: Net::User,
         console_log: dir.path().join("console.log"),
         shell_socket: None,

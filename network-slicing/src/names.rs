@@ -3,12 +3,22 @@
 //! Interface names are at most 15 bytes, slice names up to 63, so names are
 //! derived from a hash of the slice name: `mvb<8 hex>` for the bridge,
 //! `mvv<8 hex>` for the VLAN sub-interface. Stable across restarts; a clash
-//! is caught by [`crate::conflicts`]. Ownership is the interface alias
-//! `mecvisor slice=<name> role=<bridge|vlan>`, visible in `ip link` too.
+//! is caught by [`crate::conflicts`].
+//!
+//! Ownership is the link group [`LINK_GROUP`], set in the same netlink
+//! request that creates the link, so no link of ours is ever unmarked (the
+//! kernel ignores an alias in a create request). The slice a link belongs to
+//! is in its alias, `mecvisor slice=<name> role=<bridge|vlan>` (visible in
+//! `ip link`), set right after creation; a link killed before its alias was
+//! set is recognised by its derived name.
 
 use sha2::{Digest, Sha256};
 
-/// Prefix of every alias mecvisor sets; links without it are not ours.
+/// Link group of every link mecvisor creates (`ip link show group
+/// 0x6d656376`); links in any other group are never touched.
+pub const LINK_GROUP: u32 = 0x6d65_6376;
+
+/// Prefix of every alias mecvisor sets.
 pub const ALIAS_PREFIX: &str = "mecvisor slice=";
 
 /// What a link does for its slice.

@@ -1,9 +1,11 @@
 //! Desired slices vs the links the kernel has -> the actions that close the
 //! gap. Pure: no kernel access, so every rule is unit-tested.
 //!
-//! Rules: a link is mecvisor's only if its alias says so; links without the
-//! mark are never in a plan. Deletions come first (they free VLAN ids and
-//! names), then creations, then attachments and bringing links up.
+//! Rules: a link is mecvisor's only if it is in mecvisor's link group; no
+//! other link is ever in a plan. Its slice is read from its alias, or, for a
+//! link whose alias was never set (the agent killed right after creating
+//! it), from its derived name. Deletions come first (they free VLAN ids and
+//! names), then creations, then aliases, attachments and bringing links up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -47,6 +49,15 @@ pub enum Action {
         /// Bridge name.
         bridge: String,
     },
+    /// Set a link's alias (the slice it belongs to).
+    Label {
+        /// Link name.
+        name: String,
+        /// Slice.
+        slice: String,
+        /// Its role.
+        role: Role,
+    },
     /// Set a link administratively up.
     Up {
         /// Link name.
@@ -71,6 +82,9 @@ impl fmt::Display for Action {
                 "create VLAN {vlan_id} link {name} on {uplink} for slice {slice}"
             ),
             Action::Attach { name, bridge } => write!(f, "attach {name} to {bridge}"),
+            Action::Label { name, slice, role } => {
+                write!(f, "label {name} as the {} of slice {slice}", role.as_str())
+            }
             Action::Up { name } => write!(f, "set {name} up"),
         }
     }
@@ -80,7 +94,24 @@ impl fmt::Display for Action {
 pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
     let by_name: BTreeMap<&str, &Link> = observed.iter().map(|l| (l.name.as_str(), l)).collect();
     let by_index: BTreeMap<u32, &Link> = observed.iter().map(|l| (l.index, l)).collect();
-    let ours = |link: &Link| link.alias.as_deref().and_then(parse_alias);
+    // Derived names of the desired slices' links, to identify unlabelled ones.
+    let derived: BTreeMap<String, (String, Role)> = desired
+        .iter()
+        .flat_map(|s| {
+            [Role::Bridge, Role::Vlan]
+                .map(|role| (link_name(&s.name, role), (s.name.clone(), role)))
+        })
+        .collect();
+    let ours = |link: &Link| -> Option<(String, Role)> {
+        if !link.is_ours() {
+            return None;
+        }
+        link.alias
+            .as_deref()
+            .and_then(parse_alias)
+            .or_else(|| derived.get(&link.name).cloned())
+            .or_else(|| Some((String::new(), Role::Bridge)))
+    };
 
     let mut deletes = Vec::new();
     let mut creates = Vec::new();
@@ -95,6 +126,9 @@ pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
 
         match by_name.get(bridge.as_str()).filter(|l| ours(l).is_some()) {
             Some(link) if link.kind == LinkKind::Bridge => {
+                if link.alias.as_deref().and_then(parse_alias).is_none() {
+                    finishing.push(label(&bridge, &slice.name, Role::Bridge));
+                }
                 if !link.up {
                     finishing.push(Action::Up {
                         name: bridge.clone(),
@@ -110,11 +144,15 @@ pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
                     slice: slice.name.clone(),
                     name: bridge.clone(),
                 });
+                finishing.push(label(&bridge, &slice.name, Role::Bridge));
             }
-            None => creates.push(Action::CreateBridge {
-                slice: slice.name.clone(),
-                name: bridge.clone(),
-            }),
+            None => {
+                creates.push(Action::CreateBridge {
+                    slice: slice.name.clone(),
+                    name: bridge.clone(),
+                });
+                finishing.push(label(&bridge, &slice.name, Role::Bridge));
+            }
         }
 
         let existing = by_name.get(vlan.as_str()).filter(|l| ours(l).is_some());
@@ -143,6 +181,11 @@ pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
                 vlan_id: slice.vlan_id,
             });
         }
+        let labelled =
+            matches && existing.is_some_and(|l| l.alias.as_deref().and_then(parse_alias).is_some());
+        if !labelled {
+            finishing.push(label(&vlan, &slice.name, Role::Vlan));
+        }
         let attached = matches
             && existing.is_some_and(|l| {
                 l.controller
@@ -164,9 +207,14 @@ pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
     for link in observed {
         if let Some((slice, role)) = ours(link) {
             if !wanted.contains(&(slice.clone(), role)) {
+                let why = if slice.is_empty() {
+                    "a mecvisor link of no wanted slice".to_string()
+                } else {
+                    format!("slice {slice} is no longer wanted")
+                };
                 deletes.push(Action::Delete {
                     name: link.name.clone(),
-                    why: format!("slice {slice} is no longer wanted"),
+                    why,
                 });
             }
         }
@@ -183,11 +231,19 @@ pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
         .collect()
 }
 
+fn label(name: &str, slice: &str, role: Role) -> Action {
+    Action::Label {
+        name: name.to_string(),
+        slice: slice.to_string(),
+        role,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Rates;
-    use crate::names::alias;
+    use crate::names::{alias, LINK_GROUP};
 
     fn slice(name: &str, vlan: u16) -> Slice {
         Slice {
@@ -211,6 +267,7 @@ mod tests {
             controller: None,
             parent: None,
             up: true,
+            group: 0,
         }
     }
 
@@ -225,6 +282,7 @@ mod tests {
                 controller: None,
                 parent: None,
                 up: true,
+                group: LINK_GROUP,
             },
             Link {
                 index: first_index + 1,
@@ -234,6 +292,7 @@ mod tests {
                 controller: Some(first_index),
                 parent: Some(2),
                 up: true,
+                group: LINK_GROUP,
             },
         ]
     }
@@ -242,11 +301,16 @@ mod tests {
     fn from_nothing_creates_then_attaches_then_brings_up() {
         let actions = plan(&[slice("video", 100)], &[uplink()]);
         let text: Vec<String> = actions.iter().map(ToString::to_string).collect();
-        assert_eq!(text.len(), 4, "{text:#?}");
+        assert_eq!(text.len(), 6, "{text:#?}");
         assert!(text[0].starts_with("create bridge mvb"), "{text:#?}");
         assert!(text[1].starts_with("create VLAN 100 link mvv"), "{text:#?}");
-        assert!(text[2].starts_with("attach mvv"), "{text:#?}");
-        assert!(text[3].starts_with("set mvv"), "{text:#?}");
+        assert!(
+            text[2].starts_with("label mvb") && text[2].contains("bridge of slice video"),
+            "{text:#?}"
+        );
+        assert!(text[3].starts_with("label mvv"), "{text:#?}");
+        assert!(text[4].starts_with("attach mvv"), "{text:#?}");
+        assert!(text[5].starts_with("set mvv"), "{text:#?}");
     }
 
     #[test]
@@ -260,9 +324,11 @@ mod tests {
     fn unwanted_slices_go_and_foreign_links_stay() {
         let mut observed = vec![uplink()];
         observed.extend(applied("old", 100, 10));
+        // The operator's links, even with mecvisor-like names and aliases,
+        // are not in mecvisor's link group.
         let mut foreign = applied("x", 7, 20);
         for link in &mut foreign {
-            link.alias = Some("operator's own bridge".into());
+            link.group = 0;
         }
         observed.extend(foreign);
         let actions = plan(&[], &observed);
@@ -287,14 +353,26 @@ mod tests {
         );
         assert!(text[1].starts_with("create VLAN 200"), "{text:#?}");
 
-        // Killed after the bridge was made: only the rest is done.
+        // Killed right after the bridge was created, before its alias was
+        // set: the bridge is recognised by its name and the rest is done.
         let mut half = vec![uplink()];
-        half.push(applied("video", 100, 10).remove(0));
+        let mut bridge = applied("video", 100, 10).remove(0);
+        bridge.alias = None;
+        half.push(bridge);
         let text: Vec<String> = plan(&[slice("video", 100)], &half)
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(text.len(), 3, "{text:#?}");
+        assert_eq!(text.len(), 5, "{text:#?}");
         assert!(text[0].starts_with("create VLAN 100"), "{text:#?}");
+        assert!(text[1].starts_with("label mvb"), "{text:#?}");
+
+        // The same unlabelled link with no slice wanting it is garbage.
+        let text: Vec<String> = plan(&[], &half).iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 1, "{text:#?}");
+        assert!(
+            text[0].contains("a mecvisor link of no wanted slice"),
+            "{text:#?}"
+        );
     }
 }

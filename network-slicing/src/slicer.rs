@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use crate::conflicts::{check, Conflict, HostFacts, UplinkFacts};
 use crate::kernel::{Kernel, KernelError, Link};
 use crate::model::Slice;
-use crate::names::{alias, parse_alias, Role};
+use crate::names::alias;
 use crate::plan::{plan, Action};
 
 /// Why an apply did not happen or did not finish.
@@ -97,7 +97,7 @@ impl Slicer {
             .map_err(SlicerError::Read)?;
         let mut facts = HostFacts::default();
         for link in links {
-            if link.alias.as_deref().and_then(parse_alias).is_some() {
+            if link.is_ours() {
                 continue;
             }
             facts.foreign_links.push(link.name.clone());
@@ -121,25 +121,27 @@ impl Slicer {
                 let index = self.kernel.index_of(name).await?;
                 self.kernel.delete(index, &what).await
             }
-            Action::CreateBridge { slice, name } => {
-                self.kernel
-                    .create_bridge(name, &alias(slice, Role::Bridge))
-                    .await?;
+            Action::CreateBridge { name, .. } => {
+                self.kernel.create_bridge(name).await?;
                 created.push(name.clone());
                 Ok(())
             }
             Action::CreateVlan {
-                slice,
                 name,
                 uplink,
                 vlan_id,
+                ..
             } => {
                 let parent = self.kernel.index_of(uplink).await?;
-                self.kernel
-                    .create_vlan(name, parent, *vlan_id, &alias(slice, Role::Vlan))
-                    .await?;
+                self.kernel.create_vlan(name, parent, *vlan_id).await?;
                 created.push(name.clone());
                 Ok(())
+            }
+            Action::Label { name, slice, role } => {
+                let index = self.kernel.index_of(name).await?;
+                self.kernel
+                    .set_alias(index, &alias(slice, *role), &what)
+                    .await
             }
             Action::Attach { name, bridge } => {
                 let index = self.kernel.index_of(name).await?;

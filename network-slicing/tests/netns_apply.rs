@@ -1,12 +1,14 @@
-//! Slices applied through netlink to a real (private) network namespace.
+//! Slices applied through netlink to a real, private network namespace.
+//! These tests also run inside the emulated edge boxes (the hil suite ships
+//! this test binary there), whose kernels have 8021q.
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use common::{missing_prerequisite, vlan_supported, Netns};
+use common::{in_fresh_netns, missing_prerequisite};
 use mecvisor_protocol::{QosSpec, QosTier, SliceSpec};
-use network_slicing::kernel::Kernel;
+use network_slicing::kernel::LinkKind;
 use network_slicing::names::{link_name, Role};
 use network_slicing::{Slice, Slicer, SlicerError};
 
@@ -33,47 +35,39 @@ fn skip(test: &str) -> bool {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 #[test]
 fn conflicts_are_refused_and_nothing_changes() {
     if skip("conflicts_are_refused_and_nothing_changes") {
         return;
     }
-    let ns = Netns::new();
-    let before = ns.links_text();
-    let rt = runtime();
-    let result = rt.block_on(async {
-        let kernel = Kernel::connect_in_netns(&ns.path()).expect("netlink in netns");
-        let capacities = BTreeMap::from([("up0".to_string(), 60_000)]);
-        let slicer = Slicer::new(kernel, capacities);
-        slicer
-            .apply(&[
-                slice("video", 100, "up0", Some("192.168.77.0/25")),
-                slice("iot", 100, "up0", None),
-                slice("ghost", 300, "wlan9", None),
-            ])
-            .await
+    in_fresh_netns(|ns, rt| {
+        rt.block_on(async {
+            let before = ns.links().await;
+            let capacities = BTreeMap::from([("up0".to_string(), 60_000)]);
+            let slicer = Slicer::new(ns.kernel.clone(), capacities);
+            let err = slicer
+                .apply(&[
+                    slice("video", 100, "up0", Some("192.168.77.0/25")),
+                    slice("iot", 100, "up0", None),
+                    slice("ghost", 300, "wlan9", None),
+                ])
+                .await
+                .expect_err("conflicting slices were applied");
+            let text = err.to_string();
+            assert!(
+                matches!(err, SlicerError::Conflicts(ref c) if c.len() == 4),
+                "{text}"
+            );
+            assert!(
+                text.contains("overlaps up0's own address 192.168.77.2/24"),
+                "{text}"
+            );
+            assert!(text.contains("both want VLAN 100 on up0"), "{text}");
+            assert!(text.contains("\"wlan9\" does not exist"), "{text}");
+            assert!(text.contains("above its capacity of 60000"), "{text}");
+            assert_eq!(ns.links().await, before, "a refused apply changed links");
+        })
     });
-    let err = result.expect_err("conflicting slices were applied");
-    let text = err.to_string();
-    assert!(
-        matches!(err, SlicerError::Conflicts(ref c) if c.len() == 4),
-        "{text}"
-    );
-    assert!(
-        text.contains("overlaps up0's own address 192.168.77.2/24"),
-        "{text}"
-    );
-    assert!(text.contains("both want VLAN 100 on up0"), "{text}");
-    assert!(text.contains("\"wlan9\" does not exist"), "{text}");
-    assert!(text.contains("above its capacity of 60000"), "{text}");
-    assert_eq!(ns.links_text(), before, "a refused apply changed links");
 }
 
 #[test]
@@ -81,95 +75,98 @@ fn a_failed_apply_leaves_no_half_built_slice() {
     if skip("a_failed_apply_leaves_no_half_built_slice") {
         return;
     }
-    let ns = Netns::new();
-    // Make the VLAN step fail: on a kernel with 8021q, a VLAN link the
-    // operator made holds VLAN 100 on up0 already; without 8021q, creating
-    // any VLAN link fails.
-    if vlan_supported(&ns) {
-        ns.ip(&[
-            "link", "add", "link", "up0", "name", "opvlan", "type", "vlan", "id", "100",
-        ]);
-    }
-    let before = ns.link_names();
-    let rt = runtime();
-    let err = rt
-        .block_on(async {
-            let kernel = Kernel::connect_in_netns(&ns.path()).expect("netlink in netns");
-            Slicer::new(kernel, BTreeMap::new())
+    in_fresh_netns(|ns, rt| {
+        rt.block_on(async {
+            // Make the VLAN step fail: on a kernel with 8021q, a VLAN link
+            // the operator made holds VLAN 100 on up0 already; without
+            // 8021q, creating any VLAN link fails.
+            if ns.vlan_supported().await {
+                assert!(
+                    ns.try_add_vlan("opvlan", "up0", 100).await,
+                    "operator's VLAN"
+                );
+            }
+            let before = ns.link_names().await;
+            let err = Slicer::new(ns.kernel.clone(), BTreeMap::new())
                 .apply(&[slice("video", 100, "up0", None)])
                 .await
+                .expect_err("the VLAN step should have failed");
+            let text = err.to_string();
+            let bridge = link_name("video", Role::Bridge);
+            assert!(matches!(err, SlicerError::Step { .. }), "{text}");
+            assert!(text.contains("create VLAN 100 link"), "{text}");
+            assert!(text.contains(&format!("undone: {bridge}")), "{text}");
+            assert_eq!(ns.link_names().await, before, "links left behind");
         })
-        .expect_err("the VLAN step should have failed");
-    let text = err.to_string();
-    let bridge = link_name("video", Role::Bridge);
-    assert!(matches!(err, SlicerError::Step { .. }), "{text}");
-    assert!(text.contains("create VLAN 100 link"), "{text}");
-    assert!(text.contains(&format!("undone: {bridge}")), "{text}");
-    assert_eq!(
-        ns.link_names(),
-        before,
-        "links left behind: {}",
-        ns.links_text()
-    );
+    });
 }
 
 #[test]
 fn apply_is_idempotent_collects_garbage_and_spares_foreign_links() {
-    if skip("apply_is_idempotent_collects_garbage_and_spares_foreign_links") {
+    let test = "apply_is_idempotent_collects_garbage_and_spares_foreign_links";
+    if skip(test) {
         return;
     }
-    let ns = Netns::new();
-    if !vlan_supported(&ns) {
-        eprintln!(
-            "SKIPPED apply_is_idempotent_collects_garbage_and_spares_foreign_links: \
-             this kernel has no 802.1Q VLAN links (8021q); the emulated edge boxes have them"
-        );
-        return;
-    }
-    // The operator's own bridge, with an alias that is not mecvisor's.
-    ns.ip(&["link", "add", "opbr0", "type", "bridge"]);
-    ns.ip(&["link", "set", "opbr0", "alias", "operator bridge"]);
-    let rt = runtime();
-    rt.block_on(async {
-        let kernel = Kernel::connect_in_netns(&ns.path()).expect("netlink in netns");
-        let slicer = Slicer::new(kernel, BTreeMap::new());
-        let two = [
-            slice("video", 100, "up0", Some("10.20.0.0/24")),
-            slice("iot", 200, "up0", None),
-        ];
-        let first = slicer.apply(&two).await.expect("first apply");
-        assert_eq!(first.changes.len(), 8, "{:#?}", first.changes);
-        let second = slicer.apply(&two).await.expect("second apply");
-        assert_eq!(
-            second.changes,
-            Vec::<String>::new(),
-            "re-apply changed things"
-        );
-        let text = ns.links_text();
-        for name in ["video", "iot"] {
-            let vlan = link_name(name, Role::Vlan);
-            let bridge = link_name(name, Role::Bridge);
-            let line = text
-                .lines()
-                .find(|l| l.contains(&format!(" {vlan}@")))
-                .unwrap_or_default();
-            assert!(line.contains(&format!("master {bridge}")), "{text}");
-            assert!(line.contains("state UP") || line.contains(",UP"), "{text}");
-        }
+    in_fresh_netns(move |ns, rt| {
+        rt.block_on(async {
+            if !ns.vlan_supported().await {
+                eprintln!(
+                    "SKIPPED {test}: this kernel has no 802.1Q VLAN links (8021q); \
+                     the hil suite runs it inside the emulated edge boxes"
+                );
+                return;
+            }
+            ns.add_foreign_bridge("opbr0", "operator bridge").await;
+            let slicer = Slicer::new(ns.kernel.clone(), BTreeMap::new());
+            let two = [
+                slice("video", 100, "up0", Some("10.20.0.0/24")),
+                slice("iot", 200, "up0", None),
+            ];
+            let first = slicer.apply(&two).await.expect("first apply");
+            assert_eq!(first.changes.len(), 12, "{:#?}", first.changes);
+            let second = slicer.apply(&two).await.expect("second apply");
+            assert_eq!(
+                second.changes,
+                Vec::<String>::new(),
+                "re-apply changed things"
+            );
 
-        let one = slicer.apply(&two[..1]).await.expect("shrink");
-        assert_eq!(one.changes.len(), 2, "{:#?}", one.changes);
-        assert!(
-            one.changes.iter().all(|c| c.starts_with("delete")),
-            "{:#?}",
-            one.changes
-        );
-        slicer.apply(&[]).await.expect("remove all");
+            let links = ns.links().await;
+            let up0 = ns.index("up0").await;
+            for (name, vlan) in [("video", 100), ("iot", 200)] {
+                let bridge = links
+                    .iter()
+                    .find(|l| l.name == link_name(name, Role::Bridge))
+                    .expect("bridge");
+                let port = links
+                    .iter()
+                    .find(|l| l.name == link_name(name, Role::Vlan))
+                    .expect("VLAN link");
+                assert_eq!(bridge.kind, LinkKind::Bridge);
+                assert!(bridge.up, "{bridge:?}");
+                assert_eq!(port.kind, LinkKind::Vlan(vlan), "{port:?}");
+                assert_eq!(port.parent, Some(up0), "{port:?}");
+                assert_eq!(port.controller, Some(bridge.index), "{port:?}");
+                assert!(port.up, "{port:?}");
+                for link in [bridge, port] {
+                    assert!(link.is_ours(), "{link:?}");
+                    let alias = link.alias.as_deref().unwrap_or_default();
+                    assert!(
+                        alias.starts_with(&format!("mecvisor slice={name} ")),
+                        "{link:?}"
+                    );
+                }
+            }
+
+            let one = slicer.apply(&two[..1]).await.expect("shrink");
+            assert_eq!(one.changes.len(), 2, "{:#?}", one.changes);
+            assert!(
+                one.changes.iter().all(|c| c.starts_with("delete")),
+                "{:#?}",
+                one.changes
+            );
+            slicer.apply(&[]).await.expect("remove all");
+            assert_eq!(ns.link_names().await, vec!["lo", "opbr0", "up0", "up0p"]);
+        })
     });
-    assert_eq!(
-        ns.link_names(),
-        vec!["lo", "opbr0", "up0", "up0p"],
-        "{}",
-        ns.links_text()
-    );
 }

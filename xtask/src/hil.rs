@@ -4,10 +4,11 @@
 //! root, then runs the `mecvisor-hil` tests (emulated boxes) with missing
 //! prerequisites counted as failures rather than skips.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::bins::cargo;
@@ -103,6 +104,9 @@ pub fn suite(filter: Option<&str>, keep: bool, counts: &mut TestCounts) -> Resul
         "-p",
         "fleet-controller",
     ]))?;
+    for arch in [Arch::Aarch64, Arch::X86_64] {
+        box_test_payload(arch)?;
+    }
     let mut args = vec!["test", "-p", "mecvisor-hil", "--no-fail-fast"];
     if let Some(filter) = filter {
         args.push(filter);
@@ -112,4 +116,45 @@ pub fn suite(filter: Option<&str>, keep: bool, counts: &mut TestCounts) -> Resul
         envs.push(("MECVISOR_HIL_KEEP", "1"));
     }
     run_cargo_tests(&args, &envs, counts)
+}
+
+/// Test binaries that run inside the emulated boxes (where the kernel has
+/// what this host lacks), built static for `arch`.
+const BOX_TESTS: &[(&str, &str)] = &[("network-slicing", "netns_apply")];
+
+/// Builds the in-box test binaries for `arch` into
+/// `target/hil-payload/<arch>/` (what the hil tests put on a box's payload
+/// disk); returns that directory.
+pub fn box_test_payload(arch: Arch) -> Result<PathBuf> {
+    let dir = crate::bins::target_dir()
+        .join("hil-payload")
+        .join(arch.name());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (package, test) in BOX_TESTS {
+        let mut cmd = Command::new(cargo());
+        cmd.current_dir(workspace_root())
+            .args([
+                "zigbuild",
+                "--target",
+                arch.triple(),
+                "-p",
+                package,
+                "--test",
+                test,
+            ])
+            .args(["--message-format", "json-render-diagnostics"])
+            .stderr(std::process::Stdio::inherit());
+        println!("$ {}", shell::describe(&cmd));
+        let out = shell::output(&mut cmd)?;
+        let executable = out
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["target"]["name"] == *test)
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .with_context(|| format!("cargo built no {test} test binary for {}", arch.name()))?;
+        crate::cross::check_static_elf(&executable, arch)?;
+        std::fs::copy(&executable, dir.join(test))
+            .with_context(|| format!("copying {}", executable.display()))?;
+    }
+    Ok(dir)
 }

@@ -34,6 +34,8 @@ pub struct Link {
     pub parent: Option<u32>,
     /// Administratively up.
     pub up: bool,
+    /// Link group (mecvisor's own links are in [`crate::names::LINK_GROUP`]).
+    pub group: u32,
 }
 
 impl Link {
@@ -47,17 +49,24 @@ impl Link {
             controller: None,
             parent: None,
             up: message.header.flags.contains(LinkFlags::Up),
+            group: 0,
         };
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Controller(index) => link.controller = Some(*index),
                 LinkAttribute::Link(index) => link.parent = Some(*index),
+                LinkAttribute::Group(group) => link.group = *group,
                 LinkAttribute::LinkInfo(infos) => link.kind = kind_of(infos),
                 _ => {}
             }
         }
         link
+    }
+
+    /// Whether mecvisor created this link.
+    pub fn is_ours(&self) -> bool {
+        self.group == crate::names::LINK_GROUP
     }
 }
 

@@ -13,6 +13,8 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVlan};
 
+use crate::names::LINK_GROUP;
+
 /// Why a kernel operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -137,9 +139,9 @@ impl Kernel {
         Ok(out)
     }
 
-    /// Creates a bridge with an ownership alias, administratively up.
-    pub async fn create_bridge(&self, name: &str, alias: &str) -> Result<(), KernelError> {
-        let message = LinkBridge::new(name).alias(alias).up().build();
+    /// Creates a bridge in mecvisor's link group, administratively up.
+    pub async fn create_bridge(&self, name: &str) -> Result<(), KernelError> {
+        let message = LinkBridge::new(name).link_group(LINK_GROUP).up().build();
         self.handle
             .link()
             .add(message)
@@ -151,15 +153,16 @@ impl Kernel {
             })
     }
 
-    /// Creates a VLAN sub-interface of `parent` with an ownership alias.
+    /// Creates a VLAN sub-interface of `parent` in mecvisor's link group.
     pub async fn create_vlan(
         &self,
         name: &str,
         parent: u32,
         vlan_id: u16,
-        alias: &str,
     ) -> Result<(), KernelError> {
-        let message = LinkVlan::new(name, parent, vlan_id).alias(alias).build();
+        let message = LinkVlan::new(name, parent, vlan_id)
+            .link_group(LINK_GROUP)
+            .build();
         self.handle
             .link()
             .add(message)
@@ -176,6 +179,12 @@ impl Kernel {
         let message = LinkUnspec::new_with_index(index)
             .controller(controller)
             .build();
+        self.set(message, what).await
+    }
+
+    /// Sets the alias of link `index`.
+    pub async fn set_alias(&self, index: u32, alias: &str, what: &str) -> Result<(), KernelError> {
+        let message = LinkUnspec::new_with_index(index).alias(alias).build();
         self.set(message, what).await
     }
 

@@ -1,124 +1,137 @@
-//! Test fixture: a private network namespace with a veth pair whose one end
-//! (`up0`, 192.168.77.2/24) stands in for a box's uplink. Fixtures are made
-//! with iproute2 (the code under test uses netlink only); the namespace and
-//! everything in it is deleted when the fixture drops, also on panic.
+//! Test fixture: a fresh network namespace for one test, made by the test's
+//! own thread (unshare), with a veth pair whose end `up0` (192.168.77.2/24)
+//! stands in for a box's uplink. Set up through netlink, so it also runs
+//! inside the emulated edge boxes, which have busybox but no iproute2. The
+//! namespace dies with the thread: nothing is left behind, also on panic.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::{IpAddr, Ipv4Addr};
 
-/// A namespace for one test.
+use network_slicing::kernel::{Kernel, Link};
+use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, LinkVlan};
+
+/// The namespace a test runs in, and a netlink handle for its fixtures.
 pub struct Netns {
-    /// Its name.
-    pub name: String,
+    handle: rtnetlink::Handle,
+    /// The code under test's connection to the same namespace.
+    pub kernel: Kernel,
+}
+
+/// Runs `test` on a thread in a fresh network namespace with `up0` set up.
+pub fn in_fresh_netns<T: Send + 'static>(
+    test: impl FnOnce(&Netns, &tokio::runtime::Runtime) -> T + Send + 'static,
+) -> T {
+    let thread = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let ns = runtime.block_on(async {
+            let (connection, handle, _) = rtnetlink::new_connection().expect("netlink");
+            tokio::spawn(connection);
+            let kernel = Kernel::connect().expect("netlink for the code under test");
+            let ns = Netns { handle, kernel };
+            ns.up("lo").await;
+            ns.handle
+                .link()
+                .add(LinkVeth::new("up0", "up0p").build())
+                .execute()
+                .await
+                .expect("veth up0/up0p");
+            let up0 = ns.index("up0").await;
+            ns.handle
+                .address()
+                .add(up0, IpAddr::V4(Ipv4Addr::new(192, 168, 77, 2)), 24)
+                .execute()
+                .await
+                .expect("address on up0");
+            ns.up("up0").await;
+            ns.up("up0p").await;
+            ns
+        });
+        test(&ns, &runtime)
+    });
+    match thread.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 impl Netns {
-    /// Creates the namespace with lo up and the uplink `up0`.
-    pub fn new() -> Netns {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "mecv-slice-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
-        ns.ip(&["addr", "add", "192.168.77.2/24", "dev", "up0"]);
-        ns.ip(&["link", "set", "up0", "up"]);
-        ns.ip(&["link", "set", "up0p", "up"]);
-        ns
+    /// Index of a link.
+    pub async fn index(&self, name: &str) -> u32 {
+        self.kernel.index_of(name).await.expect("link exists")
     }
 
-    /// Path for setns.
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+    /// Sets a link up.
+    pub async fn up(&self, name: &str) {
+        let index = self.index(name).await;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .expect("set up");
     }
 
-    /// Runs `ip -n <ns> <args>`, panicking on failure.
-    pub fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
+    /// Adds a bridge the operator made (with an alias that is not ours).
+    pub async fn add_foreign_bridge(&self, name: &str, alias: &str) {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).alias(alias).build())
+            .execute()
+            .await
+            .expect("foreign bridge");
     }
 
-    /// Runs `ip -n <ns> <args>`; whether it succeeded.
-    pub fn try_ip(&self, args: &[&str]) -> bool {
-        Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    /// Tries to add a VLAN link; whether the kernel could.
+    pub async fn try_add_vlan(&self, name: &str, parent: &str, id: u16) -> bool {
+        let parent = self.index(parent).await;
+        self.handle
+            .link()
+            .add(LinkVlan::new(name, parent, id).build())
+            .execute()
+            .await
+            .is_ok()
     }
 
-    /// `ip -o link` of the namespace: one line per link, with aliases.
-    pub fn links_text(&self) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.name, "-o", "-d", "link", "show"])
-            .output()
-            .expect("ip link show");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    /// Deletes a link.
+    pub async fn delete(&self, name: &str) {
+        let index = self.index(name).await;
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .expect("delete link");
     }
 
-    /// Link names in the namespace, sorted.
-    pub fn link_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .links_text()
-            .lines()
-            .filter_map(|l| l.split(':').nth(1))
-            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
-            .collect();
-        names.sort();
-        names
+    /// Every link, sorted by name.
+    pub async fn links(&self) -> Vec<Link> {
+        let mut links = self.kernel.links().await.expect("list links");
+        links.sort_by(|a, b| a.name.cmp(&b.name));
+        links
     }
-}
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+    /// Link names, sorted.
+    pub async fn link_names(&self) -> Vec<String> {
+        self.links().await.into_iter().map(|l| l.name).collect()
     }
-}
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    /// Whether the kernel can make 802.1Q VLAN links (this development
+    /// host's kernel cannot; the emulated edge boxes can).
+    pub async fn vlan_supported(&self) -> bool {
+        let ok = self.try_add_vlan("vprobe", "up0", 4094).await;
+        if ok {
+            self.delete("vprobe").await;
+        }
+        ok
+    }
 }
 
 /// Why these tests cannot run here, if they cannot.
 pub fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (network namespaces)".into());
-    }
-    let ok = Command::new("ip")
-        .args(["netns", "list"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    (!ok).then(|| "`ip netns` does not work here".into())
-}
-
-/// Whether the kernel can make 802.1Q VLAN links (this development host's
-/// kernel cannot; the emulated edge boxes can).
-pub fn vlan_supported(ns: &Netns) -> bool {
-    let ok = ns.try_ip(&[
-        "link", "add", "link", "up0", "name", "vprobe", "type", "vlan", "id", "4094",
-    ]);
-    if ok {
-        ns.ip(&["link", "del", "vprobe"]);
-    }
-    ok
+    (!nix::unistd::geteuid().is_root()).then(|| "needs root (network namespaces)".into())
 }
