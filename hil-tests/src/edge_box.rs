@@ -37,18 +37,36 @@ pub struct EdgeBox {
     net: Rc<LabNet>,
 }
 
+/// What the lab decided for a new box.
+pub(crate) struct BoxSetup<'a> {
+    /// Architecture.
+    pub arch: Arch,
+    /// Device name.
+    pub name: &'a str,
+    /// Directory for its disks and logs.
+    pub dir: &'a Path,
+    /// Its tap on the lab bridge.
+    pub tap: String,
+    /// Last byte of its address (also of its MAC).
+    pub host: u8,
+    /// Kernel command line after `console=`.
+    pub append: String,
+    /// Directory of files for its payload disk, if any.
+    pub payload: Option<&'a Path>,
+}
+
 impl EdgeBox {
-    /// Makes the state disk and starts the machine.
-    pub(crate) fn boot(
-        net: Rc<LabNet>,
-        arch: Arch,
-        name: &str,
-        dir: &Path,
-        tap: String,
-        host: u8,
-        append: String,
-        payload: Option<&Path>,
-    ) -> Result<Self, String> {
+    /// Makes the state disk (and payload disk) and starts the machine.
+    pub(crate) fn boot(net: Rc<LabNet>, setup: BoxSetup<'_>) -> Result<Self, String> {
+        let BoxSetup {
+            arch,
+            name,
+            dir,
+            tap,
+            host,
+            append,
+            payload,
+        } = setup;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let disk = dir.join("state.img");
         make_state_disk(&disk)?;

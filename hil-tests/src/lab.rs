@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use mecvisor_e2e::site::{Broker, Controller};
 
-use crate::edge_box::EdgeBox;
+use crate::edge_box::{BoxSetup, EdgeBox};
 use crate::Arch;
 
 /// The bridge's address: where boxes reach the controller.
@@ -153,13 +153,15 @@ impl Lab {
         );
         EdgeBox::boot(
             Rc::clone(&self.net),
-            arch,
-            name,
-            &self.dir.path().join(name),
-            tap,
-            host,
-            append,
-            payload,
+            BoxSetup {
+                arch,
+                name,
+                dir: &self.dir.path().join(name),
+                tap,
+                host,
+                append,
+                payload,
+            },
         )
     }
 
