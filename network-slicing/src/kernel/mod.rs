@@ -89,15 +89,7 @@ impl Kernel {
     pub async fn links(&self) -> Result<Vec<Link>, KernelError> {
         let mut stream = self.handle.link().get().execute();
         let mut links = Vec::new();
-        while let Some(message) =
-            stream
-                .try_next()
-                .await
-                .map_err(|source| KernelError::Netlink {
-                    what: "list links".into(),
-                    source,
-                })?
-        {
+        while let Some(message) = stream.try_next().await.map_err(refused("list links"))? {
             links.push(Link::from_message(&message));
         }
         Ok(links)
@@ -121,15 +113,7 @@ impl Kernel {
     pub async fn ipv4_addresses(&self) -> Result<Vec<(u32, std::net::Ipv4Addr, u8)>, KernelError> {
         let mut stream = self.handle.address().get().execute();
         let mut out = Vec::new();
-        while let Some(message) =
-            stream
-                .try_next()
-                .await
-                .map_err(|source| KernelError::Netlink {
-                    what: "list addresses".into(),
-                    source,
-                })?
-        {
+        while let Some(message) = stream.try_next().await.map_err(refused("list addresses"))? {
             for attribute in &message.attributes {
                 if let AddressAttribute::Address(std::net::IpAddr::V4(v4)) = attribute {
                     out.push((message.header.index, *v4, message.header.prefix_len));
@@ -142,15 +126,10 @@ impl Kernel {
     /// Creates a bridge in mecvisor's link group, administratively up.
     pub async fn create_bridge(&self, name: &str) -> Result<(), KernelError> {
         let message = LinkBridge::new(name).link_group(LINK_GROUP).up().build();
-        self.handle
-            .link()
-            .add(message)
-            .execute()
+        let request = self.handle.link().add(message).execute();
+        request
             .await
-            .map_err(|source| KernelError::Netlink {
-                what: format!("create bridge {name}"),
-                source,
-            })
+            .map_err(refused(format!("create bridge {name}")))
     }
 
     /// Creates a VLAN sub-interface of `parent` in mecvisor's link group.
@@ -163,15 +142,10 @@ impl Kernel {
         let message = LinkVlan::new(name, parent, vlan_id)
             .link_group(LINK_GROUP)
             .build();
-        self.handle
-            .link()
-            .add(message)
-            .execute()
+        let request = self.handle.link().add(message).execute();
+        request
             .await
-            .map_err(|source| KernelError::Netlink {
-                what: format!("create VLAN {vlan_id} link {name}"),
-                source,
-            })
+            .map_err(refused(format!("create VLAN {vlan_id} link {name}")))
     }
 
     /// Enslaves link `index` to the bridge `controller`.
@@ -196,15 +170,8 @@ impl Kernel {
 
     /// Deletes link `index`.
     pub async fn delete(&self, index: u32, what: &str) -> Result<(), KernelError> {
-        self.handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(|source| KernelError::Netlink {
-                what: what.to_string(),
-                source,
-            })
+        let request = self.handle.link().del(index).execute();
+        request.await.map_err(refused(what))
     }
 
     async fn set(
@@ -212,16 +179,15 @@ impl Kernel {
         message: netlink_packet_route::link::LinkMessage,
         what: &str,
     ) -> Result<(), KernelError> {
-        self.handle
-            .link()
-            .set(message)
-            .execute()
-            .await
-            .map_err(|source| KernelError::Netlink {
-                what: what.to_string(),
-                source,
-            })
+        let request = self.handle.link().set(message).execute();
+        request.await.map_err(refused(what))
     }
+}
+
+/// Wraps the kernel's refusal of the request `what`.
+fn refused(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
+    let what = what.into();
+    move |source| KernelError::Netlink { what, source }
 }
 
 /// The link attribute holding an alias (for tests and diagnostics).
