@@ -169,8 +169,10 @@ mod tests {
         let peer = pki.client("peer");
         let (_broker, port) = mosquitto::start(tmp.path(), Some(&pki)).expect("mosquitto");
         let _sub = start_tls_sub(tmp.path(), &pki, &peer, port).expect("sub with cert connects");
-        let no_cert = Command::new("mosquitto_pub")
-            .args([
+        // One publish over TLS, with or without a client certificate.
+        let publish = |cert: Option<&(PathBuf, PathBuf)>| {
+            let mut cmd = Command::new("mosquitto_pub");
+            cmd.args([
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -181,32 +183,18 @@ mod tests {
                 "y",
             ])
             .arg("--cafile")
-            .arg(&pki.ca)
-            .output()
-            .expect("run mosquitto_pub");
+            .arg(&pki.ca);
+            if let Some((cert, key)) = cert {
+                cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+            cmd.output().expect("run mosquitto_pub")
+        };
+        let no_cert = publish(None);
         assert!(
             !no_cert.status.success(),
             "a client without certificate was accepted"
         );
-        let with_cert = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-t",
-                "x",
-                "-m",
-                "y",
-            ])
-            .arg("--cafile")
-            .arg(&pki.ca)
-            .arg("--cert")
-            .arg(&peer.0)
-            .arg("--key")
-            .arg(&peer.1)
-            .output()
-            .expect("run mosquitto_pub");
+        let with_cert = publish(Some(&peer));
         assert!(
             with_cert.status.success(),
             "{}",
