@@ -15,12 +15,16 @@
 //! - [`names`]: kernel names and ownership marks.
 //! - [`plan`]: desired vs observed -> the actions to take.
 //! - [`kernel`]: netlink: read links, carry out actions.
+//! - [`isolation`]: nftables rules that keep slices apart (nf_tables netlink).
+//! - [`netns`]: sockets opened inside another network namespace.
 //! - [`slicer`]: the whole apply, with rollback of a failed one.
 
 pub mod conflicts;
+pub mod isolation;
 pub mod kernel;
 pub mod model;
 pub mod names;
+pub mod netns;
 pub mod plan;
 pub mod slicer;
 

@@ -5,7 +5,6 @@ mod links;
 
 pub use links::{Link, LinkKind};
 
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
@@ -22,13 +21,8 @@ pub enum KernelError {
     #[error("cannot open a netlink socket: {0}")]
     Socket(#[source] std::io::Error),
     /// The network namespace could not be entered.
-    #[error("cannot enter network namespace {path}: {message}")]
-    Namespace {
-        /// Its path, e.g. /run/netns/<name>.
-        path: String,
-        /// What failed.
-        message: String,
-    },
+    #[error(transparent)]
+    Namespace(#[from] crate::netns::NetnsError),
     /// The kernel refused a request.
     #[error("{what}: {source}")]
     Netlink {
@@ -63,24 +57,11 @@ impl Kernel {
     /// a socket stays in the namespace it was opened in.
     pub fn connect_in_netns(path: &Path) -> Result<Kernel, KernelError> {
         let runtime = tokio::runtime::Handle::current();
-        let path = path.to_path_buf();
-        let opened = std::thread::spawn(move || {
-            let fail = |message: String| KernelError::Namespace {
-                path: path.display().to_string(),
-                message,
-            };
-            let file = std::fs::File::open(&path).map_err(|e| fail(e.to_string()))?;
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| fail(e.to_string()))?;
+        let (connection, handle, _) = crate::netns::open_in(path, || {
             let _runtime = runtime.enter();
-            rtnetlink::new_connection().map_err(KernelError::Socket)
-        })
-        .join()
-        .map_err(|_| KernelError::Namespace {
-            path: "?".into(),
-            message: "helper thread panicked".into(),
-        })??;
-        let (connection, handle, _) = opened;
+            rtnetlink::new_connection()
+        })?
+        .map_err(KernelError::Socket)?;
         tokio::spawn(connection);
         Ok(Kernel { handle })
     }

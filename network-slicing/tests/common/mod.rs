@@ -135,3 +135,11 @@ impl Netns {
 pub fn missing_prerequisite() -> Option<String> {
     (!nix::unistd::geteuid().is_root()).then(|| "needs root (network namespaces)".into())
 }
+
+pub mod workload;
+
+/// Sets `net.ipv4.ip_forward` in the calling thread's namespace.
+pub fn set_ip_forward(on: bool) {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", if on { "1" } else { "0" })
+        .expect("ip_forward");
+}
