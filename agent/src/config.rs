@@ -52,6 +52,17 @@ struct RawConfig {
     outbox: RawOutbox,
     #[serde(default)]
     timers: RawTimers,
+    #[serde(default)]
+    slicing: RawSlicing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlicing {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    capacity_kbit: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +125,18 @@ fn default_resync_interval() -> u64 {
 /// Smallest outbox bound accepted; below this the drop policy makes no sense.
 pub const MIN_OUTBOX_ENTRIES: u64 = 10;
 
+/// Network slicing settings (`[slicing]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlicingConfig {
+    /// Whether this agent creates slices at all. Off by default: an agent
+    /// never touches the host's network unless the operator says so
+    /// (slices are then reported `unsupported`, with this reason).
+    pub enabled: bool,
+    /// Capacity of each uplink in kbit/s: the committed rates of its slices
+    /// may not add up to more, and HTB shares exactly this much.
+    pub capacity_kbit: BTreeMap<String, u64>,
+}
+
 /// Validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -133,6 +156,8 @@ pub struct Config {
     pub metrics_interval_s: u64,
     /// Seconds between periodic reconcile passes.
     pub resync_interval_s: u64,
+    /// Network slicing.
+    pub slicing: SlicingConfig,
 }
 
 /// Where and how to reach the broker.
@@ -208,6 +233,18 @@ impl Config {
         if raw.timers.resync_interval_s == 0 {
             problems.push("timers.resync_interval_s: must be at least 1".to_string());
         }
+        for (uplink, capacity) in &raw.slicing.capacity_kbit {
+            if uplink.is_empty() || uplink.len() > 15 || uplink.contains(['/', ' ', ':']) {
+                problems.push(format!(
+                    "slicing.capacity_kbit.{uplink}: not an interface name (1 to 15 bytes, no '/', ':' or space)"
+                ));
+            }
+            if *capacity == 0 {
+                problems.push(format!(
+                    "slicing.capacity_kbit.{uplink}: must be at least 1"
+                ));
+            }
+        }
         match (key, endpoint) {
             (Some(controller_key), Ok(url)) if problems.is_empty() => Ok(Config {
                 device: raw.device,
@@ -222,6 +259,10 @@ impl Config {
                 outbox_max_entries: raw.outbox.max_entries,
                 metrics_interval_s: raw.timers.metrics_interval_s,
                 resync_interval_s: raw.timers.resync_interval_s,
+                slicing: SlicingConfig {
+                    enabled: raw.slicing.enabled,
+                    capacity_kbit: raw.slicing.capacity_kbit,
+                },
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -299,7 +340,34 @@ mod tests {
         assert_eq!(cfg.outbox_max_entries, 10_000);
         assert_eq!(cfg.metrics_interval_s, 60);
         assert_eq!(cfg.resync_interval_s, 30);
+        assert_eq!(
+            cfg.slicing,
+            SlicingConfig::default(),
+            "slicing off unless enabled"
+        );
         assert_eq!(cfg.db_path(), Path::new("/tmp/x/agent.db"));
+    }
+
+    #[test]
+    fn slicing_is_enabled_with_uplink_capacities_and_checked() {
+        let cfg = parse(&format!(
+            "device = \"edge-1\"\ndata_dir = \"/d\"\ncontroller_key = \"{KEY}\"\n[mqtt]\nurl = \"mqtt://b\"\n[slicing]\nenabled = true\ncapacity_kbit = {{ eth0 = 1000000 }}\n"
+        ))
+        .unwrap();
+        assert!(cfg.slicing.enabled);
+        assert_eq!(cfg.slicing.capacity_kbit.get("eth0"), Some(&1_000_000));
+        let p = problems(&format!(
+            "device = \"edge-1\"\ndata_dir = \"/d\"\ncontroller_key = \"{KEY}\"\n[mqtt]\nurl = \"mqtt://b\"\n[slicing]\ncapacity_kbit = {{ \"a/b\" = 1, eth1 = 0 }}\n"
+        ));
+        let joined = p.join("\n");
+        assert!(
+            joined.contains("slicing.capacity_kbit.a/b: not an interface name"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("slicing.capacity_kbit.eth1: must be at least 1"),
+            "{joined}"
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`accept`]: acceptance of signed desired state.
 //! - [`link`]: the MQTT sync link.
 //! - [`runtime`]: the runtime interface per object kind.
+//! - [`slicing`]: the network slicing runtime.
+//! - [`slices`]: `edge-agent slices`, the kernel's view of the slices.
 //! - [`reconciler`]: the per-object state machine.
 //! - [`status`]: status socket and `edge-agent status`.
 //! - [`metrics`]: agent self-metrics.
@@ -20,5 +22,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod reconciler;
 pub mod runtime;
+pub mod slices;
+pub mod slicing;
 pub mod status;
 pub mod store;

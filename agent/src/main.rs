@@ -1,7 +1,7 @@
 //! `edge-agent`: keeps an edge box converged on the desired state signed by
 //! the fleet controller. See the modules for the pieces.
 
-use edge_agent::{agent, config, status};
+use edge_agent::{agent, config, slices, status};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +43,14 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
         /// Output format: a table for humans (default) or the JSON document.
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<Output>,
+    },
+    /// Show the network slices this box holds, read from the kernel (not
+    /// from the agent): state, traffic and drops per direction, and packets
+    /// dropped for trying to cross into another slice. Needs root.
+    Slices {
+        /// Output format: a table for humans (default) or JSON.
         #[arg(short = 'o', long = "output", value_enum)]
         output: Option<Output>,
     },
@@ -101,6 +109,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Slices { output } => match slices::read() {
+            Ok(list) => {
+                match output {
+                    Some(Output::Json) => match serde_json::to_string_pretty(&list) {
+                        Ok(text) => println!("{text}"),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    },
+                    None => print!("{}", slices::render(&list)),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Status {
             config,
             socket,

@@ -214,6 +214,16 @@ impl Reconciler {
             .chain(doc.spec.workloads.iter().cloned().map(ObjectSpec::Workload))
             .collect();
         self.track(&desired, doc.generation);
+        for kind in [ObjectKind::Slice, ObjectKind::Container, ObjectKind::Vm] {
+            if let Some(runtime) = self.runtimes.for_kind(kind) {
+                let of_kind: Vec<ObjectSpec> = desired
+                    .iter()
+                    .filter(|s| s.kind() == kind)
+                    .cloned()
+                    .collect();
+                runtime.desired_set(&of_kind);
+            }
+        }
 
         // Removals, workloads before the slices they may use.
         let mut gone: Vec<(bool, String)> = self
@@ -362,11 +372,9 @@ impl Reconciler {
         let (Some(kind), Some(spec)) = (t.kind, t.spec.clone()) else {
             return;
         };
+        let reason = self.runtimes.missing_reason(kind);
         let Some(runtime) = self.runtimes.for_kind(kind) else {
-            t.set(
-                Phase::Unsupported,
-                format!("no {} runtime on this agent yet", kind.runtime_name()),
-            );
+            t.set(Phase::Unsupported, reason);
             return;
         };
         if t.phase == Phase::Unsupported && t.message.starts_with("no artifact store") {
@@ -614,6 +622,7 @@ mod tests {
             container: Some(Box::new(rt)),
             vm: None,
             artifacts: Some(Box::new(TestArtifacts(script.clone()))),
+            why_missing: Default::default(),
         };
         (
             Reconciler::new(runtimes, vec![], Backoff::default()),
@@ -623,7 +632,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn without_runtimes_everything_is_unsupported() {
-        let mut r = Reconciler::new(Runtimes::available(), vec![], Backoff::default());
+        let mut r = Reconciler::new(Runtimes::default(), vec![], Backoff::default());
         let now = Instant::now();
         assert!(
             r.pass(now).await.report.is_none(),
@@ -774,7 +783,7 @@ mod tests {
         r.pass(Instant::now()).await;
         let records = r.records();
         assert_eq!(records[0].phase, Phase::Running);
-        let mut resumed = Reconciler::new(Runtimes::available(), records, Backoff::default());
+        let mut resumed = Reconciler::new(Runtimes::default(), records, Backoff::default());
         resumed.set_desired(doc(5, vec![slice("net", 10)], vec![]));
         let state = resumed.pass(Instant::now()).await.report.unwrap();
         assert_eq!(state.objects[0].generation, 5);

@@ -2,9 +2,9 @@
 //! one [`Runtime`] per object kind (slice, container, vm) and an
 //! [`ArtifactStore`] that fetches images, kernels and disks.
 //!
-//! This version of the agent ships none of them (network slicing, the
-//! container runtime and the microVMM are later work), so every object is
-//! reported `unsupported` and nothing pretends to run.
+//! Network slicing is here ([`crate::slicing`], when the config enables
+//! it); the container runtime and the microVMM are later work, so those
+//! objects are reported `unsupported` and nothing pretends to run.
 
 use std::fmt;
 use std::future::Future;
@@ -142,6 +142,10 @@ pub enum Observed {
 /// Creates, changes, removes and observes objects of one kind. Every
 /// operation must be idempotent: the reconciler retries after crashes.
 pub trait Runtime {
+    /// Tells the runtime every desired object of its kind before a pass
+    /// applies or removes any of them (a runtime that applies a whole set
+    /// at once keeps it). Does nothing by default.
+    fn desired_set(&mut self, _specs: &[ObjectSpec]) {}
     /// Makes the object exist exactly as `spec` says.
     fn apply<'a>(&'a mut self, spec: &'a ObjectSpec) -> RuntimeFuture<'a, ()>;
     /// Tears the object down; succeeding when it is already gone.
@@ -167,12 +171,44 @@ pub struct Runtimes {
     pub vm: Option<Box<dyn Runtime>>,
     /// Artifact fetching for workloads.
     pub artifacts: Option<Box<dyn ArtifactStore>>,
+    /// Why a kind has no runtime, when there is more to say than "not
+    /// built yet" (e.g. switched off in the config).
+    pub why_missing: std::collections::BTreeMap<ObjectKind, String>,
 }
 
 impl Runtimes {
-    /// What this build of the agent has: nothing yet.
-    pub fn available() -> Runtimes {
-        Runtimes::default()
+    /// What this agent has: network slicing when `slicing.enabled` (and
+    /// the kernel can be reached), nothing else yet. A slicing runtime that
+    /// cannot start leaves slices `unsupported` with the reason logged.
+    pub fn available(slicing: &crate::config::SlicingConfig) -> Runtimes {
+        let mut runtimes = Runtimes::default();
+        if slicing.enabled {
+            match crate::slicing::SliceRuntime::connect(slicing) {
+                Ok(runtime) => runtimes.slice = Some(Box::new(runtime)),
+                Err(e) => {
+                    tracing::error!(error = %e, "network slicing is enabled but cannot start");
+                    runtimes.why_missing.insert(
+                        ObjectKind::Slice,
+                        format!("network slicing cannot start: {e}"),
+                    );
+                }
+            }
+        } else {
+            tracing::info!("network slicing is off ([slicing] enabled = false): slices are reported unsupported");
+            runtimes.why_missing.insert(
+                ObjectKind::Slice,
+                "network slicing is off in this agent's config ([slicing] enabled = false)".into(),
+            );
+        }
+        runtimes
+    }
+
+    /// Why `kind` has no runtime on this agent.
+    pub fn missing_reason(&self, kind: ObjectKind) -> String {
+        self.why_missing
+            .get(&kind)
+            .cloned()
+            .unwrap_or_else(|| format!("no {} runtime on this agent yet", kind.runtime_name()))
     }
 
     /// The runtime for a kind, if present.

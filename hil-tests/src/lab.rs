@@ -138,6 +138,18 @@ impl Lab {
         name: &str,
         payload: Option<&Path>,
     ) -> Result<EdgeBox, String> {
+        self.boot_box_with(arch, name, payload, "")
+    }
+
+    /// Like [`Lab::boot_box_with_payload`], with `extra` appended to the
+    /// kernel command line (e.g. `mecvisor.slicing=eth0:100000`).
+    pub fn boot_box_with(
+        &mut self,
+        arch: Arch,
+        name: &str,
+        payload: Option<&Path>,
+        extra: &str,
+    ) -> Result<EdgeBox, String> {
         let host = self.next_host;
         self.next_host += 1;
         let tap = format!("tap{host}");
@@ -149,7 +161,7 @@ impl Lab {
         let broker = format!("mqtt://{BRIDGE_IP}:{MQTT_PORT}");
         let append = format!(
             "panic=-1 loglevel=4 mecvisor.device={name} mecvisor.key={key} \
-             mecvisor.broker={broker} mecvisor.ip={address}/{PREFIX} mecvisor.gw={BRIDGE_IP}"
+             mecvisor.broker={broker} mecvisor.ip={address}/{PREFIX} mecvisor.gw={BRIDGE_IP} {extra}"
         );
         EdgeBox::boot(
             Rc::clone(&self.net),

@@ -27,17 +27,19 @@ fn aarch64_box_runs_the_network_slicing_netns_tests() {
     slicing_tests_in_box(Arch::Aarch64, "slices-aarch64");
 }
 
+/// The in-box test binaries (built by `cargo xtask hil`, see its
+/// `BOX_TESTS`) and how many tests each must pass there.
+const BOX_TESTS: &[(&str, usize)] = &[("netns_apply", 5), ("shaping", 1), ("isolation", 1)];
+
 fn slicing_tests_in_box(arch: Arch, device: &str) {
     let test = format!("{} network-slicing tests in a box", arch.name());
     let payload = payload_dir(arch);
-    let binary = payload.join("netns_apply");
     let missing = missing_prerequisite(&[arch]).or_else(|| {
-        (!binary.is_file()).then(|| {
-            format!(
-                "{} is missing; `cargo xtask hil` builds it",
-                binary.display()
-            )
-        })
+        BOX_TESTS
+            .iter()
+            .map(|(binary, _)| payload.join(binary))
+            .find(|path| !path.is_file())
+            .map(|path| format!("{} is missing; `cargo xtask hil` builds it", path.display()))
     });
     if skip_if(&test, missing) {
         return;
@@ -48,25 +50,28 @@ fn slicing_tests_in_box(arch: Arch, device: &str) {
         .expect("boot the box");
     edge.wait_ready(Duration::from_secs(300))
         .unwrap_or_else(|e| panic!("{e}"));
-    let out = edge
-        .run(
-            "/mnt/payload/netns_apply --test-threads=1 --nocapture",
-            Duration::from_secs(300),
-        )
-        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", edge.boot_console()));
-    assert!(
-        out.success(),
-        "netns_apply failed in the box:\n{}",
-        out.output
-    );
-    assert!(
-        out.output.contains("test result: ok. 3 passed"),
-        "{}",
-        out.output
-    );
-    assert!(
-        !out.output.contains("SKIPPED"),
-        "a test skipped in the box:\n{}",
-        out.output
-    );
+    let mut failures = Vec::new();
+    for (binary, passed) in BOX_TESTS {
+        let out = edge
+            .run(
+                &format!("/mnt/payload/{binary} --test-threads=1 --nocapture"),
+                Duration::from_secs(300),
+            )
+            .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", edge.boot_console()));
+        let expected = format!("test result: ok. {passed} passed");
+        if !out.success() || !out.output.contains(&expected) {
+            failures.push(format!(
+                "{binary} failed (wanted \"{expected}\"):\n{}",
+                out.output
+            ));
+        } else if out.output.contains("SKIPPED") {
+            failures.push(format!(
+                "{binary}: a test skipped in the box:\n{}",
+                out.output
+            ));
+        } else {
+            println!("{binary}: {expected}");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -25,6 +25,9 @@ pub struct UplinkFacts {
     pub addresses: Vec<(Ipv4Addr, u8)>,
     /// Configured capacity in kbit/s, if the operator gave one.
     pub capacity_kbit: Option<u64>,
+    /// Its root qdisc (kind, handle) when someone other than mecvisor set
+    /// it; mecvisor will not replace it.
+    pub foreign_qdisc: Option<(String, u32)>,
 }
 
 /// One reason the slices cannot be applied.
@@ -75,6 +78,17 @@ pub enum Conflict {
         first: String,
         /// Second slice.
         second: String,
+    },
+    /// The uplink's root qdisc is someone else's: slices would have to
+    /// replace it to shape the uplink.
+    #[error("uplink {uplink}: its root qdisc ({kind} {major:x}:) was set by someone else; remove it or pick another uplink")]
+    ForeignQdisc {
+        /// The uplink.
+        uplink: String,
+        /// Qdisc kind.
+        kind: String,
+        /// Its major handle.
+        major: u32,
     },
     /// A slice's subnet overlaps an address of its uplink: routing to the
     /// slice would cut the box off its own network (and its controller).
@@ -182,6 +196,17 @@ pub fn check(slices: &[Slice], host: &HostFacts) -> Vec<Conflict> {
     }
 
     for (uplink, sum_kbit) in committed {
+        if let Some((kind, handle)) = host
+            .uplinks
+            .get(uplink)
+            .and_then(|u| u.foreign_qdisc.clone())
+        {
+            conflicts.push(Conflict::ForeignQdisc {
+                uplink: uplink.to_string(),
+                kind,
+                major: handle >> 16,
+            });
+        }
         let capacity = host.uplinks.get(uplink).and_then(|u| u.capacity_kbit);
         if let Some(capacity_kbit) = capacity.filter(|c| sum_kbit > *c) {
             conflicts.push(Conflict::OverCapacity {
@@ -236,6 +261,7 @@ mod tests {
             UplinkFacts {
                 addresses: vec![(Ipv4Addr::new(192, 168, 1, 10), 24)],
                 capacity_kbit: Some(100_000),
+                foreign_qdisc: None,
             },
         );
         host.uplinks.insert("eth1".into(), UplinkFacts::default());
@@ -256,6 +282,9 @@ mod tests {
     fn every_conflict_is_found_and_named() {
         let mut host = host();
         host.foreign_links.push(link_name("taken", Role::Bridge));
+        if let Some(eth1) = host.uplinks.get_mut("eth1") {
+            eth1.foreign_qdisc = Some(("fq_codel".into(), 0x8001_0000));
+        }
         let slices = [
             slice("video", 100, "eth0", 60_000, Some("10.20.0.0/16")),
             slice("iot", 100, "eth0", 50_000, Some("10.20.5.0/24")),
@@ -285,6 +314,10 @@ mod tests {
             "{text:#?}"
         );
         assert!(has("taken by a link mecvisor did not create"), "{text:#?}");
-        assert_eq!(conflicts.len(), 7, "{text:#?}");
+        assert!(
+            has("uplink eth1: its root qdisc (fq_codel 8001:) was set by someone else"),
+            "{text:#?}"
+        );
+        assert_eq!(conflicts.len(), 8, "{text:#?}");
     }
 }

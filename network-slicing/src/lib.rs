@@ -14,10 +14,13 @@
 //!   refused before anything changes.
 //! - [`names`]: kernel names and ownership marks.
 //! - [`plan`]: desired vs observed -> the actions to take.
+//! - [`shaping`]: HTB per uplink (egress) and per uplink ifb (ingress),
+//!   classes per slice, classified by VLAN id.
 //! - [`kernel`]: netlink: read links, carry out actions.
 //! - [`isolation`]: nftables rules that keep slices apart (nf_tables netlink).
 //! - [`netns`]: sockets opened inside another network namespace.
 //! - [`slicer`]: the whole apply, with rollback of a failed one.
+//! - [`status`]: per-slice state and counters, read from the kernel.
 
 pub mod conflicts;
 pub mod isolation;
@@ -25,8 +28,11 @@ pub mod kernel;
 pub mod model;
 pub mod names;
 pub mod netns;
+pub mod nla;
 pub mod plan;
+pub mod shaping;
 pub mod slicer;
+pub mod status;
 
 pub use model::{Rates, Slice};
 pub use slicer::{ApplyReport, Slicer, SlicerError};

@@ -42,6 +42,13 @@ pub enum Action {
         /// VLAN id.
         vlan_id: u16,
     },
+    /// Create the ifb that shapes an uplink's incoming slice traffic.
+    CreateIfb {
+        /// The uplink.
+        uplink: String,
+        /// Link name.
+        name: String,
+    },
     /// Enslave a link to a bridge.
     Attach {
         /// Link name.
@@ -49,11 +56,11 @@ pub enum Action {
         /// Bridge name.
         bridge: String,
     },
-    /// Set a link's alias (the slice it belongs to).
+    /// Set a link's alias (the slice or uplink it belongs to).
     Label {
         /// Link name.
         name: String,
-        /// Slice.
+        /// Owner: the slice, or for an ifb the uplink.
         slice: String,
         /// Its role.
         role: Role,
@@ -81,10 +88,16 @@ impl fmt::Display for Action {
                 f,
                 "create VLAN {vlan_id} link {name} on {uplink} for slice {slice}"
             ),
-            Action::Attach { name, bridge } => write!(f, "attach {name} to {bridge}"),
-            Action::Label { name, slice, role } => {
-                write!(f, "label {name} as the {} of slice {slice}", role.as_str())
+            Action::CreateIfb { uplink, name } => {
+                write!(f, "create ifb {name} for the ingress of {uplink}")
             }
+            Action::Attach { name, bridge } => write!(f, "attach {name} to {bridge}"),
+            Action::Label { name, slice, role } => write!(
+                f,
+                "label {name} as the {} of {} {slice}",
+                role.as_str(),
+                role.owner_kind()
+            ),
             Action::Up { name } => write!(f, "set {name} up"),
         }
     }
@@ -94,14 +107,21 @@ impl fmt::Display for Action {
 pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
     let by_name: BTreeMap<&str, &Link> = observed.iter().map(|l| (l.name.as_str(), l)).collect();
     let by_index: BTreeMap<u32, &Link> = observed.iter().map(|l| (l.index, l)).collect();
-    // Derived names of the desired slices' links, to identify unlabelled ones.
-    let derived: BTreeMap<String, (String, Role)> = desired
+    let uplinks: BTreeSet<&str> = desired.iter().map(|s| s.uplink.as_str()).collect();
+    // Derived names of the desired links, to identify unlabelled ones.
+    let mut derived: BTreeMap<String, (String, Role)> = desired
         .iter()
         .flat_map(|s| {
             [Role::Bridge, Role::Vlan]
                 .map(|role| (link_name(&s.name, role), (s.name.clone(), role)))
         })
         .collect();
+    for uplink in &uplinks {
+        derived.insert(
+            link_name(uplink, Role::Ingress),
+            (uplink.to_string(), Role::Ingress),
+        );
+    }
     let ours = |link: &Link| -> Option<(String, Role)> {
         if !link.is_ours() {
             return None;
@@ -204,11 +224,38 @@ pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
         }
     }
 
+    for uplink in &uplinks {
+        wanted.insert((uplink.to_string(), Role::Ingress));
+        let ifb = link_name(uplink, Role::Ingress);
+        let existing = by_name.get(ifb.as_str()).filter(|l| ours(l).is_some());
+        let fits = existing.is_some_and(|l| l.kind == LinkKind::Other("ifb".into()));
+        if existing.is_some() && !fits {
+            deletes.push(Action::Delete {
+                name: ifb.clone(),
+                why: format!("the ingress of {uplink} needs an ifb by that name"),
+            });
+        }
+        if !fits {
+            creates.push(Action::CreateIfb {
+                uplink: uplink.to_string(),
+                name: ifb.clone(),
+            });
+        }
+        if !(fits && existing.is_some_and(|l| l.alias.as_deref().and_then(parse_alias).is_some())) {
+            finishing.push(label(&ifb, uplink, Role::Ingress));
+        }
+        if !(fits && existing.is_some_and(|l| l.up)) {
+            finishing.push(Action::Up { name: ifb });
+        }
+    }
+
     for link in observed {
         if let Some((slice, role)) = ours(link) {
             if !wanted.contains(&(slice.clone(), role)) {
                 let why = if slice.is_empty() {
                     "a mecvisor link of no wanted slice".to_string()
+                } else if role == Role::Ingress {
+                    format!("no slice uses uplink {slice} any more")
                 } else {
                     format!("slice {slice} is no longer wanted")
                 };
@@ -297,32 +344,55 @@ mod tests {
         ]
     }
 
+    /// The ifb of uplink eth0, applied.
+    fn ifb(index: u32) -> Link {
+        Link {
+            index,
+            name: link_name("eth0", Role::Ingress),
+            kind: LinkKind::Other("ifb".into()),
+            alias: Some(alias("eth0", Role::Ingress)),
+            controller: None,
+            parent: None,
+            up: true,
+            group: LINK_GROUP,
+        }
+    }
+
     #[test]
     fn from_nothing_creates_then_attaches_then_brings_up() {
         let actions = plan(&[slice("video", 100)], &[uplink()]);
         let text: Vec<String> = actions.iter().map(ToString::to_string).collect();
-        assert_eq!(text.len(), 6, "{text:#?}");
+        assert_eq!(text.len(), 9, "{text:#?}");
         assert!(text[0].starts_with("create bridge mvb"), "{text:#?}");
         assert!(text[1].starts_with("create VLAN 100 link mvv"), "{text:#?}");
         assert!(
-            text[2].starts_with("label mvb") && text[2].contains("bridge of slice video"),
+            text[2].starts_with("create ifb mvi") && text[2].ends_with("ingress of eth0"),
             "{text:#?}"
         );
-        assert!(text[3].starts_with("label mvv"), "{text:#?}");
-        assert!(text[4].starts_with("attach mvv"), "{text:#?}");
-        assert!(text[5].starts_with("set mvv"), "{text:#?}");
+        assert!(
+            text[3].starts_with("label mvb") && text[3].contains("bridge of slice video"),
+            "{text:#?}"
+        );
+        assert!(text[4].starts_with("label mvv"), "{text:#?}");
+        assert!(text[5].starts_with("attach mvv"), "{text:#?}");
+        assert!(text[6].starts_with("set mvv"), "{text:#?}");
+        assert!(
+            text[7].starts_with("label mvi") && text[7].contains("ingress of uplink eth0"),
+            "{text:#?}"
+        );
+        assert!(text[8].starts_with("set mvi"), "{text:#?}");
     }
 
     #[test]
     fn an_applied_slice_needs_nothing() {
-        let mut observed = vec![uplink()];
+        let mut observed = vec![uplink(), ifb(30)];
         observed.extend(applied("video", 100, 10));
         assert_eq!(plan(&[slice("video", 100)], &observed), vec![]);
     }
 
     #[test]
     fn unwanted_slices_go_and_foreign_links_stay() {
-        let mut observed = vec![uplink()];
+        let mut observed = vec![uplink(), ifb(30)];
         observed.extend(applied("old", 100, 10));
         // The operator's links, even with mecvisor-like names and aliases,
         // are not in mecvisor's link group.
@@ -333,17 +403,26 @@ mod tests {
         observed.extend(foreign);
         let actions = plan(&[], &observed);
         let names: Vec<String> = actions.iter().map(ToString::to_string).collect();
-        assert_eq!(names.len(), 2, "{names:#?}");
+        assert_eq!(names.len(), 3, "{names:#?}");
         assert!(
             names[0].starts_with("delete mvv"),
             "VLAN link first: {names:#?}"
         );
-        assert!(names[1].starts_with("delete mvb"), "{names:#?}");
+        assert!(
+            names[1..].iter().any(|n| n.starts_with("delete mvb")),
+            "{names:#?}"
+        );
+        assert!(
+            names[1..]
+                .iter()
+                .any(|n| n.starts_with("delete mvi") && n.contains("no slice uses uplink eth0")),
+            "{names:#?}"
+        );
     }
 
     #[test]
     fn a_moved_vlan_is_recreated_and_a_half_built_slice_completed() {
-        let mut observed = vec![uplink()];
+        let mut observed = vec![uplink(), ifb(30)];
         observed.extend(applied("video", 100, 10));
         let actions = plan(&[slice("video", 200)], &observed);
         let text: Vec<String> = actions.iter().map(ToString::to_string).collect();
@@ -355,7 +434,7 @@ mod tests {
 
         // Killed right after the bridge was created, before its alias was
         // set: the bridge is recognised by its name and the rest is done.
-        let mut half = vec![uplink()];
+        let mut half = vec![uplink(), ifb(30)];
         let mut bridge = applied("video", 100, 10).remove(0);
         bridge.alias = None;
         half.push(bridge);
@@ -368,6 +447,7 @@ mod tests {
         assert!(text[1].starts_with("label mvb"), "{text:#?}");
 
         // The same unlabelled link with no slice wanting it is garbage.
+        half.remove(1);
         let text: Vec<String> = plan(&[], &half).iter().map(ToString::to_string).collect();
         assert_eq!(text.len(), 1, "{text:#?}");
         assert!(

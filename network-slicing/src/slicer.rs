@@ -1,15 +1,19 @@
-//! One apply: read the kernel, refuse conflicts, run the plan, and undo what
-//! this apply created if a step fails (no half-built slice is left).
+//! One apply: read the kernel, refuse conflicts, then links (bridges, VLAN
+//! links, ifbs), shaping (tc), isolation (nftables), each read back and
+//! diffed; if a step fails, undo what this apply created (no half-built
+//! slice is left).
 
 use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
 use crate::conflicts::{check, Conflict, HostFacts, UplinkFacts};
+use crate::isolation::{self, IsolationError, NfTables, Ruleset};
 use crate::kernel::{Kernel, KernelError, Link};
 use crate::model::Slice;
 use crate::names::alias;
 use crate::plan::{plan, Action};
+use crate::shaping::{self, DeviceTc, TcAction};
 
 /// Why an apply did not happen or did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +32,17 @@ pub enum SlicerError {
         /// The kernel's refusal.
         #[source]
         source: KernelError,
-        /// Links removed again.
+        /// What was removed again.
+        undone: Vec<String>,
+    },
+    /// The isolation rules could not be installed (nftables applies all or
+    /// nothing); what this apply had created was removed again.
+    #[error("isolation rules: {source}; undone: {}", if .undone.is_empty() { "nothing to undo".to_string() } else { .undone.join(", ") })]
+    Isolation {
+        /// Why.
+        #[source]
+        source: IsolationError,
+        /// What was removed again.
         undone: Vec<String>,
     },
 }
@@ -51,45 +65,87 @@ pub struct ApplyReport {
 /// Applies slices to one network namespace.
 pub struct Slicer {
     kernel: Kernel,
+    nft: NfTables,
     capacities: BTreeMap<String, u64>,
 }
 
+/// What an apply created so far, to undo on failure.
+#[derive(Default)]
+struct Created {
+    links: Vec<String>,
+    tc: Vec<TcAction>,
+}
+
 impl Slicer {
-    /// A slicer for `kernel`; `capacities` gives uplinks' capacity in kbit/s
-    /// (slices' committed rates on an uplink may not add up to more).
-    pub fn new(kernel: Kernel, capacities: BTreeMap<String, u64>) -> Slicer {
-        Slicer { kernel, capacities }
+    /// A slicer for the namespace `kernel` and `nft` are connected to;
+    /// `capacities` gives uplinks' capacity in kbit/s (slices' committed
+    /// rates on an uplink may not add up to more, and HTB shares exactly
+    /// that much between them).
+    pub fn new(kernel: Kernel, nft: NfTables, capacities: BTreeMap<String, u64>) -> Slicer {
+        Slicer {
+            kernel,
+            nft,
+            capacities,
+        }
     }
 
     /// Makes the kernel hold exactly `desired` (and no other mecvisor slice).
     #[tracing::instrument(name = "slices_apply", skip_all, fields(slices = desired.len()))]
     pub async fn apply(&self, desired: &[Slice]) -> Result<ApplyReport, SlicerError> {
         let links = self.kernel.links().await.map_err(SlicerError::Read)?;
-        let facts = self.host_facts(&links).await?;
+        let tc = shaping::observe(&self.kernel, &links)
+            .await
+            .map_err(SlicerError::Read)?;
+        let facts = self.host_facts(&links, &tc).await?;
         let conflicts = check(desired, &facts);
         if !conflicts.is_empty() {
             return Err(SlicerError::Conflicts(conflicts));
         }
-        let actions = plan(desired, &links);
-        let mut created: Vec<String> = Vec::new();
+        let mut created = Created::default();
         let mut report = ApplyReport::default();
-        for action in &actions {
-            if let Err(source) = self.run(action, &mut created).await {
-                let undone = self.undo(&created).await;
-                warn!(%action, error = %source, ?undone, "slice apply failed; undone");
-                return Err(SlicerError::Step {
-                    action: action.to_string(),
-                    source,
-                    undone,
-                });
+
+        for action in plan(desired, &links) {
+            if let Err(source) = self.run(&action, &mut created.links).await {
+                return Err(self.failed(action.to_string(), source, &created).await);
             }
             info!(%action, "slice change");
             report.changes.push(action.to_string());
         }
+
+        let wanted = shaping::desired(desired, &self.capacities);
+        match shaping::reconcile(&self.kernel, &wanted, &mut created.tc).await {
+            Ok(changes) => report.changes.extend(changes),
+            Err((action, source)) => return Err(self.failed(action, source, &created).await),
+        }
+
+        let rules = Ruleset::for_slices(desired.iter().map(|s| s.name.as_str()));
+        match isolation::apply(&self.nft, &rules) {
+            Ok(Some(change)) => report.changes.push(change),
+            Ok(None) => {}
+            Err(source) => {
+                let undone = self.undo(&created).await;
+                warn!(error = %source, ?undone, "isolation failed; undone");
+                return Err(SlicerError::Isolation { source, undone });
+            }
+        }
         Ok(report)
     }
 
-    async fn host_facts(&self, links: &[Link]) -> Result<HostFacts, SlicerError> {
+    async fn failed(&self, action: String, source: KernelError, created: &Created) -> SlicerError {
+        let undone = self.undo(created).await;
+        warn!(%action, error = %source, ?undone, "slice apply failed; undone");
+        SlicerError::Step {
+            action,
+            source,
+            undone,
+        }
+    }
+
+    async fn host_facts(
+        &self,
+        links: &[Link],
+        tc: &BTreeMap<String, DeviceTc>,
+    ) -> Result<HostFacts, SlicerError> {
         let addresses = self
             .kernel
             .ipv4_addresses()
@@ -108,6 +164,7 @@ impl Slicer {
                     .map(|(_, address, prefix)| (*address, *prefix))
                     .collect(),
                 capacity_kbit: self.capacities.get(&link.name).copied(),
+                foreign_qdisc: tc.get(&link.name).and_then(DeviceTc::foreign_root),
             };
             facts.uplinks.insert(link.name.clone(), uplink);
         }
@@ -137,6 +194,11 @@ impl Slicer {
                 created.push(name.clone());
                 Ok(())
             }
+            Action::CreateIfb { name, .. } => {
+                self.kernel.create_ifb(name).await?;
+                created.push(name.clone());
+                Ok(())
+            }
             Action::Label { name, slice, role } => {
                 let index = self.kernel.index_of(name).await?;
                 self.kernel
@@ -155,10 +217,17 @@ impl Slicer {
         }
     }
 
-    /// Deletes the links this apply created, newest first; returns their names.
-    async fn undo(&self, created: &[String]) -> Vec<String> {
+    /// Removes what this apply created, newest first: tc objects, then
+    /// links. Returns what was removed.
+    async fn undo(&self, created: &Created) -> Vec<String> {
         let mut undone = Vec::new();
-        for name in created.iter().rev() {
+        for action in created.tc.iter().rev() {
+            match shaping::run(&self.kernel, action, &mut Vec::new()).await {
+                Ok(()) => undone.push(action.to_string()),
+                Err(e) => warn!(%action, error = %e, "could not undo"),
+            }
+        }
+        for name in created.links.iter().rev() {
             let result = match self.kernel.index_of(name).await {
                 Ok(index) => self.kernel.delete(index, &format!("undo {name}")).await,
                 Err(e) => Err(e),

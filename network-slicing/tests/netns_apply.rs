@@ -6,11 +6,13 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::frames::Capture;
 use common::{in_fresh_netns, missing_prerequisite};
 use mecvisor_protocol::{QosSpec, QosTier, SliceSpec};
 use network_slicing::kernel::LinkKind;
 use network_slicing::names::{link_name, Role};
-use network_slicing::{Slice, Slicer, SlicerError};
+use network_slicing::shaping::{self, class_minor};
+use network_slicing::{Slice, SlicerError};
 
 fn slice(name: &str, vlan: u16, uplink: &str, subnet: Option<&str>) -> Slice {
     Slice::from_spec(&SliceSpec {
@@ -44,7 +46,7 @@ fn conflicts_are_refused_and_nothing_changes() {
         rt.block_on(async {
             let before = ns.links().await;
             let capacities = BTreeMap::from([("up0".to_string(), 60_000)]);
-            let slicer = Slicer::new(ns.kernel.clone(), capacities);
+            let slicer = ns.slicer(capacities);
             let err = slicer
                 .apply(&[
                     slice("video", 100, "up0", Some("192.168.77.0/25")),
@@ -87,7 +89,8 @@ fn a_failed_apply_leaves_no_half_built_slice() {
                 );
             }
             let before = ns.link_names().await;
-            let err = Slicer::new(ns.kernel.clone(), BTreeMap::new())
+            let err = ns
+                .slicer(BTreeMap::new())
                 .apply(&[slice("video", 100, "up0", None)])
                 .await
                 .expect_err("the VLAN step should have failed");
@@ -117,13 +120,19 @@ fn apply_is_idempotent_collects_garbage_and_spares_foreign_links() {
                 return;
             }
             ns.add_foreign_bridge("opbr0", "operator bridge").await;
-            let slicer = Slicer::new(ns.kernel.clone(), BTreeMap::new());
+            // A configured capacity: the uplink's class stays the same
+            // when slices come and go.
+            let slicer = ns.slicer(BTreeMap::from([("up0".to_string(), 1_000_000)]));
             let two = [
                 slice("video", 100, "up0", Some("10.20.0.0/24")),
                 slice("iot", 200, "up0", None),
             ];
             let first = slicer.apply(&two).await.expect("first apply");
-            assert_eq!(first.changes.len(), 12, "{:#?}", first.changes);
+            // Links: 6 per slice (bridge, VLAN link, two labels, attach,
+            // up) and 3 for up0's ifb; tc: 5 each on up0 and the ifb (root
+            // qdisc, uplink class, two slice classes, classifier), clsact
+            // and redirect on up0; one nftables transaction.
+            assert_eq!(first.changes.len(), 15 + 12 + 1, "{:#?}", first.changes);
             let second = slicer.apply(&two).await.expect("second apply");
             assert_eq!(
                 second.changes,
@@ -158,15 +167,198 @@ fn apply_is_idempotent_collects_garbage_and_spares_foreign_links() {
                 }
             }
 
+            // Egress: frames flooded on each slice's bridge leave up0
+            // through the slice's VLAN link, tagged with its VLAN id (seen
+            // at up0's far end) and counted in the slice's class on up0.
+            let capture = Capture::start(ns.index("up0p").await).expect("capture on up0p");
+            // (Both bridges have up0's MAC, taken from their VLAN ports:
+            // the test's frames carry a source MAC per slice instead.)
+            let mut sources = BTreeMap::new();
+            for (i, (slice, count)) in [("video", 25), ("iot", 9)].into_iter().enumerate() {
+                let source = [0x02, 0x6d, 0x76, 0, 1, i as u8];
+                sources.insert(source, slice);
+                let index = ns.index(&link_name(slice, Role::Bridge)).await;
+                common::frames::send_frames(index, source, [0x02, 0, 0, 0, 0, 0x99], None, count)
+                    .expect("send on the slice's bridge");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let seen = capture.drain().expect("captured frames");
+            let mut per_vlan: BTreeMap<Option<u16>, usize> = BTreeMap::new();
+            for frame in &seen {
+                let slice = sources.get(&frame.source).copied();
+                let vlan = match slice {
+                    Some("video") => Some(100),
+                    Some("iot") => Some(200),
+                    _ => continue,
+                };
+                assert_eq!(
+                    frame.vlan_id, vlan,
+                    "{slice:?}'s frame left on the wrong VLAN: {frame:?}"
+                );
+                *per_vlan.entry(frame.vlan_id).or_default() += 1;
+            }
+            assert_eq!(per_vlan.get(&Some(100)), Some(&25), "{seen:?}");
+            assert_eq!(per_vlan.get(&Some(200)), Some(&9), "{seen:?}");
+            let links = ns.kernel.links().await.expect("links");
+            let tc = shaping::observe(&ns.kernel, &links).await.expect("tc");
+            let counters = &tc["up0"].counters;
+            // The test's frames, and at most a couple the kernel sent on
+            // its own (the capture above checked every frame of the test).
+            let video = counters[&class_minor(100)].packets;
+            let iot = counters[&class_minor(200)].packets;
+            assert!((25..=27).contains(&video), "{counters:?}");
+            assert!((9..=11).contains(&iot), "{counters:?}");
+
             let one = slicer.apply(&two[..1]).await.expect("shrink");
-            assert_eq!(one.changes.len(), 2, "{:#?}", one.changes);
+            // iot's two links, its two classes, the nftables table.
+            assert_eq!(one.changes.len(), 5, "{:#?}", one.changes);
             assert!(
-                one.changes.iter().all(|c| c.starts_with("delete")),
+                one.changes[..2].iter().all(|c| c.starts_with("delete mv")),
+                "{:#?}",
+                one.changes
+            );
+            assert!(
+                one.changes[2..4]
+                    .iter()
+                    .all(|c| c.starts_with("delete class")),
+                "{:#?}",
+                one.changes
+            );
+            assert!(
+                one.changes[4].starts_with("replace nftables"),
                 "{:#?}",
                 one.changes
             );
             slicer.apply(&[]).await.expect("remove all");
             assert_eq!(ns.link_names().await, vec!["lo", "opbr0", "up0", "up0p"]);
+            let links = ns.kernel.links().await.expect("links");
+            let tc = shaping::observe(&ns.kernel, &links).await.expect("tc");
+            assert!(
+                !tc["up0"].root_is_ours() && !tc["up0"].clsact,
+                "{:?}",
+                tc["up0"]
+            );
+            let nft = network_slicing::isolation::NfTables::open().expect("nft");
+            assert!(!nft.read().expect("read").exists, "nftables table left");
+        })
+    });
+}
+
+/// Set for the child process of
+/// [`an_apply_killed_halfway_is_finished_by_the_next`].
+const CHILD: &str = "MECVISOR_SLICING_TEST_CHILD";
+
+fn many_slices() -> Vec<Slice> {
+    (0..32)
+        .map(|i| slice(&format!("s{i}"), 100 + i, "up0", None))
+        .collect()
+}
+
+/// The child of [`an_apply_killed_halfway_is_finished_by_the_next`]:
+/// applies many slices in the namespace it inherited from the parent test
+/// thread (and gets killed). Returns at once when run as an ordinary test.
+#[test]
+fn zz_child_applies_many_slices() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let kernel = network_slicing::kernel::Kernel::connect().expect("netlink");
+        let nft = network_slicing::isolation::NfTables::open().expect("nf_tables");
+        network_slicing::Slicer::new(kernel, nft, BTreeMap::new())
+            .apply(&many_slices())
+            .await
+            .expect("child apply");
+    });
+}
+
+#[test]
+fn an_apply_killed_halfway_is_finished_by_the_next() {
+    let test = "an_apply_killed_halfway_is_finished_by_the_next";
+    if skip(test) {
+        return;
+    }
+    in_fresh_netns(move |ns, rt| {
+        rt.block_on(async {
+            if !ns.vlan_supported().await {
+                eprintln!(
+                    "SKIPPED {test}: this kernel has no 802.1Q VLAN links (8021q); \
+                     the hil suite runs it inside the emulated edge boxes"
+                );
+                return;
+            }
+            let baseline = ns.link_names().await;
+            let slicer = ns.slicer(BTreeMap::new());
+            let child = || {
+                std::process::Command::new(std::env::current_exe().expect("test binary"))
+                    .args([
+                        "--exact",
+                        "zz_child_applies_many_slices",
+                        "--test-threads=1",
+                    ])
+                    .env(CHILD, "1")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("spawn the child")
+            };
+            // Every change of a whole apply, and of removing it all.
+            let full = slicer
+                .apply(&many_slices())
+                .await
+                .expect("apply")
+                .changes
+                .len();
+            let removal = slicer.apply(&[]).await.expect("remove").changes.len();
+            // How long a whole apply takes in a child, start to exit.
+            let started = std::time::Instant::now();
+            let status = child().wait().expect("child");
+            assert!(status.success(), "an unkilled child apply failed");
+            let whole = started.elapsed();
+            assert_eq!(
+                slicer.apply(&[]).await.expect("clean up").changes.len(),
+                removal
+            );
+
+            let mut partial = 0;
+            for round in 1..=7u32 {
+                let mut process = child();
+                std::thread::sleep(whole * round / 8);
+                let _ = process.kill();
+                let _ = process.wait();
+                let finished = slicer
+                    .apply(&many_slices())
+                    .await
+                    .expect("apply after the kill");
+                eprintln!(
+                    "round {round}: killed after {:?}; {} of {full} changes left to do",
+                    whole * round / 8,
+                    finished.changes.len()
+                );
+                if !finished.changes.is_empty() && finished.changes.len() < full {
+                    partial += 1;
+                }
+                let again = slicer.apply(&many_slices()).await.expect("re-apply");
+                assert_eq!(
+                    again.changes,
+                    Vec::<String>::new(),
+                    "round {round}: not converged"
+                );
+                let removed = slicer.apply(&[]).await.expect("remove all");
+                assert_eq!(
+                    removed.changes.len(),
+                    removal,
+                    "round {round}: {:#?}",
+                    removed.changes
+                );
+                assert_eq!(ns.link_names().await, baseline, "round {round}: links left");
+            }
+            eprintln!("whole child apply {whole:?}; {partial} of 7 kills landed mid-apply");
+            assert!(partial >= 2, "only {partial} of 7 kills landed mid-apply");
         })
     });
 }

@@ -29,6 +29,7 @@ pub const HOST_PACKAGES: &[&str] = &[
     "iproute2",
     "debootstrap",
     "systemd",
+    "tcpdump",
 ];
 
 /// Options of `cargo xtask hil`.
@@ -120,7 +121,12 @@ pub fn suite(filter: Option<&str>, keep: bool, counts: &mut TestCounts) -> Resul
 
 /// Test binaries that run inside the emulated boxes (where the kernel has
 /// what this host lacks), built static for `arch`.
-const BOX_TESTS: &[(&str, &str)] = &[("network-slicing", "netns_apply")];
+/// Keep in step with `hil-tests/tests/in_box_tests.rs`.
+const BOX_TESTS: &[(&str, &str)] = &[
+    ("network-slicing", "netns_apply"),
+    ("network-slicing", "shaping"),
+    ("network-slicing", "isolation"),
+];
 
 /// Builds the in-box test binaries for `arch` into
 /// `target/hil-payload/<arch>/` (what the hil tests put on a box's payload

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
-use nix::sys::time::TimeVal;
+use nix::sys::time::{TimeVal, TimeValLike};
 
 use super::ruleset::{Chain, Ruleset, TABLE};
 use super::wire::{self, Attrs, Malformed, Reply, Request, FAMILY_INET};
@@ -100,7 +100,7 @@ impl NfTables {
         setsockopt(
             &socket,
             ReceiveTimeout,
-            &TimeVal::from(libc_timeval(REPLY_TIMEOUT)),
+            &TimeVal::milliseconds(REPLY_TIMEOUT.as_millis() as i64),
         )
         .map_err(|e| IsolationError::Socket(e.into()))?;
         Ok(NfTables {
@@ -319,12 +319,5 @@ fn table_request(kind: u16) -> Request {
         kind,
         family: FAMILY_INET,
         attrs: Attrs::default().string(wire::NFTA_TABLE_NAME, TABLE),
-    }
-}
-
-fn libc_timeval(d: Duration) -> nix::libc::timeval {
-    nix::libc::timeval {
-        tv_sec: d.as_secs() as nix::libc::time_t,
-        tv_usec: d.subsec_micros() as nix::libc::suseconds_t,
     }
 }

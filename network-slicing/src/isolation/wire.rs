@@ -31,7 +31,6 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// `NFPROTO_INET`: IPv4 and IPv6 in one table.
 pub const FAMILY_INET: u8 = 1;
@@ -310,10 +309,7 @@ pub enum Reply {
     },
 }
 
-/// Why bytes from the kernel could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed nf_tables message: {0}")]
-pub struct Malformed(pub &'static str);
+pub use crate::nla::{attributes, find, text, Malformed};
 
 /// Splits one `recv` buffer into messages.
 pub fn replies(mut buf: &[u8]) -> Result<Vec<Reply>, Malformed> {
@@ -355,38 +351,6 @@ pub fn replies(mut buf: &[u8]) -> Result<Vec<Reply>, Malformed> {
 
 fn take4(buf: &[u8], at: usize) -> [u8; 4] {
     [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
-}
-
-/// Iterates over attributes: (type without flags, value).
-pub fn attributes(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, Malformed> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        if buf.len() < 4 {
-            return Err(Malformed("truncated attribute header"));
-        }
-        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return Err(Malformed("attribute length"));
-        }
-        out.push((kind, &buf[4..len]));
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
-    }
-    Ok(out)
-}
-
-/// The value of attribute `kind`, if present.
-pub fn find(attrs: &[(u16, &[u8])], kind: u16) -> Option<Vec<u8>> {
-    attrs
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, v)| v.to_vec())
-}
-
-/// A NUL-terminated string attribute's text.
-pub fn text(value: &[u8]) -> String {
-    let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
-    String::from_utf8_lossy(&value[..end]).into_owned()
 }
 
 /// The counters (packets, bytes) of the `counter` expressions in a rule's

@@ -2,8 +2,10 @@
 //! namespace) and the link operations slices need.
 
 mod links;
+mod tc;
 
 pub use links::{Link, LinkKind};
+pub use tc::{Class, Counters, Filter, Qdisc, CLSACT_PARENT, INGRESS_PARENT};
 
 use std::path::Path;
 
@@ -129,6 +131,19 @@ impl Kernel {
             .map_err(refused(format!("create VLAN {vlan_id} link {name}")))
     }
 
+    /// Creates an ifb (intermediate functional block) in mecvisor's link
+    /// group: incoming traffic redirected to it is shaped on its egress.
+    pub async fn create_ifb(&self, name: &str) -> Result<(), KernelError> {
+        let message = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(
+            netlink_packet_route::link::InfoKind::Ifb,
+        )
+        .name(name)
+        .link_group(LINK_GROUP)
+        .build();
+        let request = self.handle.link().add(message).execute();
+        request.await.map_err(refused(format!("create ifb {name}")))
+    }
+
     /// Enslaves link `index` to the bridge `controller`.
     pub async fn attach(&self, index: u32, controller: u32, what: &str) -> Result<(), KernelError> {
         let message = LinkUnspec::new_with_index(index)
@@ -166,7 +181,7 @@ impl Kernel {
 }
 
 /// Wraps the kernel's refusal of the request `what`.
-fn refused(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
+pub(crate) fn refused(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
     let what = what.into();
     move |source| KernelError::Netlink { what, source }
 }

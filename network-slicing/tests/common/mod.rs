@@ -24,6 +24,10 @@ pub fn in_fresh_netns<T: Send + 'static>(
 ) -> T {
     let thread = std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        // No IPv6 on the namespace's links: no router solicitations or MLD
+        // reports sent on their own, so packet counters count only what a
+        // test sends. (Absent without IPv6 in the kernel; then nothing to do.)
+        let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -142,4 +146,42 @@ pub mod workload;
 pub fn set_ip_forward(on: bool) {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", if on { "1" } else { "0" })
         .expect("ip_forward");
+}
+
+pub mod frames;
+
+impl Netns {
+    /// A slicer for this namespace (links, tc and nftables).
+    pub fn slicer(
+        &self,
+        capacities: std::collections::BTreeMap<String, u64>,
+    ) -> network_slicing::Slicer {
+        let nft = network_slicing::isolation::NfTables::open().expect("nf_tables socket");
+        network_slicing::Slicer::new(self.kernel.clone(), nft, capacities)
+    }
+
+    /// The MAC address of a link.
+    pub async fn mac(&self, name: &str) -> [u8; 6] {
+        use futures_util::TryStreamExt;
+        let message = self
+            .handle
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_next()
+            .await
+            .expect("get link")
+            .expect("link exists");
+        message
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                netlink_packet_route::link::LinkAttribute::Address(mac) => {
+                    <[u8; 6]>::try_from(mac.as_slice()).ok()
+                }
+                _ => None,
+            })
+            .expect("link has a MAC address")
+    }
 }
