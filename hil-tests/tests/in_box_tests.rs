@@ -29,7 +29,12 @@ fn aarch64_box_runs_the_network_slicing_netns_tests() {
 
 /// The in-box test binaries (built by `cargo xtask hil`, see its
 /// `BOX_TESTS`) and how many tests each must pass there.
-const BOX_TESTS: &[(&str, usize)] = &[("netns_apply", 5), ("shaping", 1), ("isolation", 1)];
+const BOX_TESTS: &[(&str, usize)] = &[
+    ("netns_apply", 5),
+    ("shaping", 1),
+    ("isolation", 1),
+    ("shaping_accuracy", 1),
+];
 
 fn slicing_tests_in_box(arch: Arch, device: &str) {
     let test = format!("{} network-slicing tests in a box", arch.name());
@@ -71,6 +76,10 @@ fn slicing_tests_in_box(arch: Arch, device: &str) {
             ));
         } else {
             println!("{binary}: {expected}");
+        }
+        // Measurements the tests print, for the lab log.
+        for line in out.output.lines().filter(|l| l.starts_with("MEASURED")) {
+            println!("{}: {binary}: {line}", arch.name());
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

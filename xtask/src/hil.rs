@@ -106,7 +106,8 @@ pub fn suite(filter: Option<&str>, keep: bool, counts: &mut TestCounts) -> Resul
         "fleet-controller",
     ]))?;
     for arch in [Arch::Aarch64, Arch::X86_64] {
-        box_test_payload(arch)?;
+        let payload = box_test_payload(arch)?;
+        images::tools::unpack_tool(arch, "iperf3", &["iperf3"], &payload)?;
     }
     let mut args = vec!["test", "-p", "mecvisor-hil", "--no-fail-fast"];
     if let Some(filter) = filter {
@@ -126,7 +127,51 @@ const BOX_TESTS: &[(&str, &str)] = &[
     ("network-slicing", "netns_apply"),
     ("network-slicing", "shaping"),
     ("network-slicing", "isolation"),
+    ("network-slicing", "shaping_accuracy"),
 ];
+
+/// Builds one test or bench target (`kind` is `--test` or `--bench`) of
+/// `package` as a static binary for `arch` with cargo zigbuild; returns the
+/// executable's path.
+pub fn static_target(
+    arch: Arch,
+    package: &str,
+    kind: &str,
+    name: &str,
+    release: bool,
+) -> Result<PathBuf> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(workspace_root())
+        .args([
+            "zigbuild",
+            "--target",
+            arch.triple(),
+            "-p",
+            package,
+            kind,
+            name,
+        ])
+        .args(["--message-format", "json-render-diagnostics"])
+        .stderr(std::process::Stdio::inherit());
+    if release {
+        cmd.arg("--release");
+    }
+    println!("$ {}", shell::describe(&cmd));
+    let out = shell::output(&mut cmd).map_err(|_| {
+        anyhow::anyhow!(
+            "building {package}'s {name} for {} failed (compiler output above)",
+            arch.name()
+        )
+    })?;
+    let executable = out
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["target"]["name"] == *name)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo built no {name} binary for {}", arch.name()))?;
+    crate::cross::check_static_elf(&executable, arch)?;
+    Ok(executable)
+}
 
 /// Builds the in-box test binaries for `arch` into
 /// `target/hil-payload/<arch>/` (what the hil tests put on a box's payload
@@ -137,28 +182,7 @@ pub fn box_test_payload(arch: Arch) -> Result<PathBuf> {
         .join(arch.name());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (package, test) in BOX_TESTS {
-        let mut cmd = Command::new(cargo());
-        cmd.current_dir(workspace_root())
-            .args([
-                "zigbuild",
-                "--target",
-                arch.triple(),
-                "-p",
-                package,
-                "--test",
-                test,
-            ])
-            .args(["--message-format", "json-render-diagnostics"])
-            .stderr(std::process::Stdio::inherit());
-        println!("$ {}", shell::describe(&cmd));
-        let out = shell::output(&mut cmd)?;
-        let executable = out
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|m| m["target"]["name"] == *test)
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .with_context(|| format!("cargo built no {test} test binary for {}", arch.name()))?;
-        crate::cross::check_static_elf(&executable, arch)?;
+        let executable = static_target(arch, package, "--test", test, false)?;
         std::fs::copy(&executable, dir.join(test))
             .with_context(|| format!("copying {}", executable.display()))?;
     }

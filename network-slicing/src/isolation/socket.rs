@@ -192,7 +192,7 @@ impl NfTables {
                     .map(|c| wire::text(&c))
                     .unwrap_or_default(),
                 tag: wire::find(&attrs, wire::NFTA_RULE_USERDATA)
-                    .map(|u| String::from_utf8_lossy(&u).into_owned())
+                    .and_then(|u| wire::comment_of(&u))
                     .unwrap_or_default(),
                 packets,
                 bytes,
@@ -232,7 +232,7 @@ impl NfTables {
                     .string(wire::NFTA_RULE_TABLE, TABLE)
                     .string(wire::NFTA_RULE_CHAIN, &rule.chain)
                     .nest(wire::NFTA_RULE_EXPRESSIONS, wire::expressions(&rule.exprs))
-                    .bytes(wire::NFTA_RULE_USERDATA, rule.tag.as_bytes()),
+                    .bytes(wire::NFTA_RULE_USERDATA, &wire::comment(&rule.tag)),
             });
         }
         self.transact(requests, &format!("install nftables table inet {TABLE}"))

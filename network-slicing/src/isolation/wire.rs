@@ -353,6 +353,31 @@ fn take4(buf: &[u8], at: usize) -> [u8; 4] {
     [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
 }
 
+/// Rule user data holding `text` as a comment, in libnftnl's layout (type
+/// 0 = comment, length, NUL-terminated text), so `nft list ruleset` shows
+/// it as `comment "..."`. Text is cut at 254 bytes.
+pub fn comment(text: &str) -> Vec<u8> {
+    let text = &text.as_bytes()[..text.len().min(254)];
+    let mut out = vec![0, (text.len() + 1) as u8];
+    out.extend_from_slice(text);
+    out.push(0);
+    out
+}
+
+/// The comment in rule user data (see [`comment`]), if there is one.
+pub fn comment_of(userdata: &[u8]) -> Option<String> {
+    let mut rest = userdata;
+    while let [kind, len, tail @ ..] = rest {
+        let len = usize::from(*len);
+        let value = tail.get(..len)?;
+        if *kind == 0 {
+            return Some(text(value));
+        }
+        rest = &tail[len..];
+    }
+    None
+}
+
 /// The counters (packets, bytes) of the `counter` expressions in a rule's
 /// `NFTA_RULE_EXPRESSIONS`, summed.
 pub fn counters(expressions: &[u8]) -> Result<(u64, u64), Malformed> {
@@ -422,6 +447,15 @@ mod tests {
         let exprs = expressions(&[Expr::Counter, Expr::Verdict(Verdict::Drop)]).into_bytes();
         assert_eq!(counters(&exprs).expect("parse"), (0, 0));
         assert!(counters(&exprs[..exprs.len() - 3]).is_err(), "truncated");
+    }
+
+    #[test]
+    fn comments_round_trip_in_libnftnl_layout() {
+        let data = comment("slice=video 0011");
+        assert_eq!(&data[..2], &[0, 17]);
+        assert_eq!(comment_of(&data).as_deref(), Some("slice=video 0011"));
+        assert_eq!(comment_of(&data[..5]), None, "truncated");
+        assert_eq!(comment_of(&[1, 1, 7]), None, "no comment");
     }
 
     #[test]

@@ -39,10 +39,10 @@ pub fn class_minor(vlan_id: u16) -> u16 {
     0x1000 | (vlan_id & 0x0fff)
 }
 
-/// The program: tagged -> `major:class_minor(vid)`, untagged -> 0.
-pub fn program(major: u16) -> Vec<u8> {
-    // (code, jt, jf, k)
-    let ops: [(u16, u8, u8, u32); 7] = [
+/// The program's instructions `(code, jt, jf, k)`: tagged ->
+/// `major:class_minor(vid)`, untagged -> 0 (no match).
+pub fn instructions(major: u16) -> [(u16, u8, u8, u32); 7] {
+    [
         (0x20, 0, 0, AD_VLAN_TAG_PRESENT),               // ld vlan_avail
         (0x15, 4, 0, 0),                                 // jeq #0 -> ret #0
         (0x20, 0, 0, AD_VLAN_TAG),                       // ld vlan_tci
@@ -50,9 +50,13 @@ pub fn program(major: u16) -> Vec<u8> {
         (0x44, 0, 0, (u32::from(major) << 16) | 0x1000), // or #major:0x1000
         (0x16, 0, 0, 0),                                 // ret a
         (0x06, 0, 0, 0),                                 // ret #0
-    ];
-    let mut out = Vec::with_capacity(ops.len() * 8);
-    for (code, jt, jf, k) in ops {
+    ]
+}
+
+/// The program as `struct sock_filter` array bytes.
+pub fn program(major: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(7 * 8);
+    for (code, jt, jf, k) in instructions(major) {
         out.extend_from_slice(&code.to_ne_bytes());
         out.push(jt);
         out.push(jf);

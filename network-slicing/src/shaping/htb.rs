@@ -61,8 +61,7 @@ impl ClassParams {
     /// The class every slice borrows from: the uplink's capacity.
     pub fn for_uplink(capacity_kbit: u64) -> ClassParams {
         let rate = capacity_kbit.max(1) * 125;
-        // 10 ms at line rate, at least ten full frames.
-        let burst = (rate / 100).clamp(15_140, u64::from(u32::MAX)) as u32;
+        let burst = uplink_burst_bytes(capacity_kbit);
         ClassParams {
             rate,
             ceil: rate,
@@ -115,6 +114,11 @@ impl ClassParams {
             prio: u32_at(40),
         })
     }
+}
+
+/// Burst of the uplink's class: 10 ms at line rate, at least ten frames.
+pub fn uplink_burst_bytes(capacity_kbit: u64) -> u32 {
+    (capacity_kbit.max(1) * 125 / 100).clamp(15_140, u64::from(u32::MAX)) as u32
 }
 
 /// `tc_ratespec`: cell_log, linklayer, overhead, cell_align, mpu, rate.

@@ -149,6 +149,7 @@ pub fn set_ip_forward(on: bool) {
 }
 
 pub mod frames;
+pub mod iperf;
 
 impl Netns {
     /// A slicer for this namespace (links, tc and nftables).

@@ -38,6 +38,34 @@ impl Drop for Workload {
 }
 
 impl Workload {
+    /// A thread in a fresh network namespace (nothing configured yet), and
+    /// a handle on that namespace to move links into.
+    pub fn start(address: Ipv4Addr) -> (Workload, File) {
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let (ns_tx, ns_rx) = mpsc::channel::<File>();
+        let thread = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let ns = File::open("/proc/thread-self/ns/net").expect("own netns");
+            ns_tx.send(ns).expect("send netns");
+            for job in inbox {
+                job();
+            }
+        });
+        let ns = ns_rx.recv().expect("workload netns");
+        let workload = Workload {
+            address,
+            jobs: Some(jobs),
+            thread: Some(thread),
+        };
+        (workload, ns)
+    }
+
+    /// Queues `job` on the workload's thread without waiting for it.
+    pub fn run_detached(&self, job: impl FnOnce() + Send + 'static) {
+        let jobs = self.jobs.as_ref().expect("workload alive");
+        jobs.send(Box::new(job)).expect("workload thread alive");
+    }
+
     /// Runs `job` on the workload's thread (inside its namespace).
     pub fn run<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> R {
         let (tx, rx) = mpsc::channel();
@@ -60,34 +88,14 @@ impl Netns {
         address: Ipv4Addr,
         gateway: Ipv4Addr,
     ) -> Workload {
-        let (jobs, inbox) = mpsc::channel::<Job>();
-        let (ns_tx, ns_rx) = mpsc::channel::<File>();
-        let thread = std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-            let ns = File::open("/proc/thread-self/ns/net").expect("own netns");
-            ns_tx.send(ns).expect("send netns");
-            for job in inbox {
-                job();
-            }
-        });
-        let ns = ns_rx.recv().expect("workload netns");
+        let (workload, ns) = Workload::start(address);
         self.handle
             .link()
             .add(LinkVeth::new(port, "eth0").build())
             .execute()
             .await
             .expect("workload veth");
-        let peer = self.index("eth0").await;
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(peer)
-                    .setns_by_fd(ns.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .expect("move eth0 into the workload");
+        self.move_into("eth0", &ns).await;
         let index = self.index(port).await;
         let controller = self.index(bridge).await;
         self.kernel
@@ -95,13 +103,23 @@ impl Netns {
             .await
             .expect("attach port");
         self.up(port).await;
-        let workload = Workload {
-            address,
-            jobs: Some(jobs),
-            thread: Some(thread),
-        };
         workload.run(move || configure(address, gateway));
         workload
+    }
+
+    /// Moves link `name` into the namespace `ns`.
+    pub async fn move_into(&self, name: &str, ns: &File) {
+        let index = self.index(name).await;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(ns.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .expect("move a link into another namespace");
     }
 
     /// Adds `address`/`prefix` to link `name`.
@@ -238,4 +256,64 @@ fn checksum(bytes: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// Inside a workload: `link` up (with lo), and per `(vlan, address)` a VLAN
+/// link `v<vlan>` on it with `address`/24: the far end of an uplink, where
+/// each slice's VLAN arrives.
+pub fn configure_far_end(link: &'static str, vlans: Vec<(u16, Ipv4Addr)>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (connection, handle, _) = rtnetlink::new_connection().expect("netlink");
+        tokio::spawn(connection);
+        let index_of = |name: String| {
+            let handle = handle.clone();
+            async move {
+                handle
+                    .link()
+                    .get()
+                    .match_name(name)
+                    .execute()
+                    .try_next()
+                    .await
+                    .expect("get link")
+                    .expect("link exists")
+                    .header
+                    .index
+            }
+        };
+        let up = |index: u32| {
+            let handle = handle.clone();
+            async move {
+                handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(index).up().build())
+                    .execute()
+                    .await
+                    .expect("up");
+            }
+        };
+        up(index_of("lo".into()).await).await;
+        let parent = index_of(link.into()).await;
+        up(parent).await;
+        for (vlan, address) in vlans {
+            let name = format!("v{vlan}");
+            handle
+                .link()
+                .add(rtnetlink::LinkVlan::new(&name, parent, vlan).up().build())
+                .execute()
+                .await
+                .expect("far-end VLAN link");
+            let index = index_of(name).await;
+            handle
+                .address()
+                .add(index, IpAddr::V4(address), 24)
+                .execute()
+                .await
+                .expect("far-end address");
+        }
+    });
 }

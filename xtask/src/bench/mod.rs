@@ -6,6 +6,7 @@
 mod idle_rss;
 mod lab;
 mod mosquitto;
+mod slicing;
 mod sync;
 mod table;
 
@@ -34,19 +35,24 @@ enum BenchName {
     /// Edge box lab: boot-to-agent-connected per architecture (QEMU TCG),
     /// static agent size per architecture. Needs root.
     Lab,
+    /// Network slicing in an emulated edge box: 64 slices applied by the
+    /// slicer vs the equivalent ip/tc/nft script, and iperf3 goodput at
+    /// 10/100/1000 Mbit/s PIR. Needs root.
+    Slicing,
 }
 
 /// Runs the selected benchmarks.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let selected = match args.name {
         Some(name) => vec![name],
-        None => vec![BenchName::Sync, BenchName::Lab],
+        None => vec![BenchName::Sync, BenchName::Lab, BenchName::Slicing],
     };
     let mut misses = 0;
     for name in selected {
         let table = match name {
             BenchName::Sync => sync::run(&args.sync)?,
             BenchName::Lab => lab::run()?,
+            BenchName::Slicing => slicing::run()?,
         };
         table.print();
         misses += table.misses();

@@ -17,6 +17,7 @@ mod boot;
 pub mod cas;
 mod kernel;
 mod oci;
+pub mod tools;
 mod tree;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,130 @@
+//! Must-show 2 of issue 4, measured with iperf3 through real slices: a
+//! client in a workload namespace behind the slice's bridge, the server at
+//! the far end of the uplink on the slice's VLAN. Goodput at 10 and 100
+//! Mbit/s PIR (egress, and ingress with iperf3 -R) within 5% of the PIR;
+//! a gold slice keeps its CIR while a bronze slice saturates the same
+//! uplink. Needs VLAN links and iperf3: runs in the emulated edge boxes
+//! (`cargo xtask hil` puts Debian's iperf3 on their payload disk) and skips
+//! on a host without 8021q.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use common::iperf::{iperf3, measure, Path};
+use common::workload::{configure_far_end, Workload};
+use common::{in_fresh_netns, missing_prerequisite};
+use mecvisor_protocol::{QosSpec, SliceSpec};
+use network_slicing::names::{link_name, Role};
+use network_slicing::Slice;
+
+fn slice(name: &str, vlan: u16, cir: u64, pir: u64, priority: u8) -> Slice {
+    Slice::from_spec(&SliceSpec {
+        name: name.into(),
+        vlan_id: vlan,
+        uplink: "up0".into(),
+        qos: QosSpec {
+            tier: None,
+            cir_kbit: Some(cir),
+            pir_kbit: Some(pir),
+            priority: Some(priority),
+        },
+        subnet: None,
+    })
+}
+
+#[test]
+fn iperf3_goodput_follows_pir_and_gold_keeps_its_cir() {
+    let test = "iperf3_goodput_follows_pir_and_gold_keeps_its_cir";
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    in_fresh_netns(move |ns, rt| {
+        if !rt.block_on(ns.vlan_supported()) {
+            eprintln!("SKIPPED {test}: this kernel has no 802.1Q VLAN links (8021q); the hil suite runs it inside the emulated edge boxes");
+            return;
+        }
+        let Some(iperf3) = iperf3() else {
+            panic!("{test}: no iperf3 (MECVISOR_IPERF3, /mnt/payload/iperf3 or PATH)");
+        };
+        let slices = [
+            slice("ten", 10, 5_000, 10_000, 3),
+            slice("hundred", 20, 50_000, 100_000, 3),
+            slice("gold", 30, 30_000, 50_000, 1),
+            slice("bronze", 40, 5_000, 50_000, 5),
+        ];
+        let (far, far_ns) = Workload::start(Ipv4Addr::UNSPECIFIED);
+        let server = |vlan: u16| Ipv4Addr::new(10, 60, vlan as u8, 2);
+        let paths: BTreeMap<String, Path> = rt.block_on(async {
+            let report = ns
+                .slicer(BTreeMap::from([("up0".to_string(), 1_000_000)]))
+                .apply(&slices)
+                .await
+                .expect("apply the slices");
+            assert!(!report.changes.is_empty());
+            ns.move_into("up0p", &far_ns).await;
+            let mut paths = BTreeMap::new();
+            for s in &slices {
+                let bridge = link_name(&s.name, Role::Bridge);
+                let client = Ipv4Addr::new(10, 60, s.vlan_id as u8, 11);
+                let gateway = Ipv4Addr::new(10, 60, s.vlan_id as u8, 1);
+                let workload = ns
+                    .add_workload(&format!("w{}", s.vlan_id), &bridge, client, gateway)
+                    .await;
+                paths.insert(
+                    s.name.clone(),
+                    Path {
+                        client: workload,
+                        server: server(s.vlan_id),
+                    },
+                );
+            }
+            paths
+        });
+        let vlans: Vec<(u16, Ipv4Addr)> = slices
+            .iter()
+            .map(|s| (s.vlan_id, server(s.vlan_id)))
+            .collect();
+        far.run(move || configure_far_end("up0p", vlans));
+
+        let mut failures = Vec::new();
+        for (name, pir) in [("ten", 10.0), ("hundred", 100.0)] {
+            for reverse in [false, true] {
+                let mbit = measure(&iperf3, &far, &paths[name], 5201, reverse)
+                    .join()
+                    .expect("measure");
+                let ratio = mbit / pir;
+                let direction = if reverse { "ingress" } else { "egress" };
+                eprintln!("MEASURED {name} {direction}: {mbit:.2} Mbit/s at PIR {pir} Mbit/s (ratio {ratio:.3})");
+                if !(0.95..=1.05).contains(&ratio) {
+                    failures.push(format!(
+                        "{name} {direction}: {mbit:.2} Mbit/s, {ratio:.3} x PIR"
+                    ));
+                }
+            }
+        }
+        // The uplink carries 50 Mbit/s: both slices send at once.
+        rt.block_on(async {
+            ns.slicer(BTreeMap::from([("up0".to_string(), 50_000)]))
+                .apply(&slices[2..])
+                .await
+                .expect("apply gold and bronze on a 50 Mbit/s uplink")
+        });
+        let gold = measure(&iperf3, &far, &paths["gold"], 5202, false);
+        let bronze = measure(&iperf3, &far, &paths["bronze"], 5203, false);
+        let (gold, bronze) = (gold.join().expect("gold"), bronze.join().expect("bronze"));
+        eprintln!("MEASURED gold {gold:.2} Mbit/s (CIR 30), bronze {bronze:.2} Mbit/s (CIR 5), together {:.2} of 50", gold + bronze);
+        if gold < 30.0 * 0.95 {
+            failures.push(format!("gold got {gold:.2} Mbit/s, below its CIR of 30"));
+        }
+        if gold + bronze > 50.0 * 1.05 {
+            failures.push(format!(
+                "together {:.2} Mbit/s, above the uplink's 50",
+                gold + bronze
+            ));
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    });
+}
