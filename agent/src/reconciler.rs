@@ -590,6 +590,8 @@ mod tests {
                 memory_mib: 64,
             },
             restart: RestartPolicy::Always,
+            allow: Vec::new(),
+            port_qos: None,
         }
     }
 

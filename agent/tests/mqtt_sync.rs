@@ -78,6 +78,8 @@ fn desired(generation: u64) -> DesiredState {
                 memory_mib: 64,
             },
             restart: RestartPolicy::OnFailure,
+            allow: Vec::new(),
+            port_qos: None,
         }],
     };
     DesiredState {

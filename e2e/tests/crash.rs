@@ -33,6 +33,8 @@ fn document(generation: u64) -> DesiredState {
                 memory_mib: 32,
             },
             restart: RestartPolicy::Always,
+            allow: Vec::new(),
+            port_qos: None,
         })
         .collect();
     let spec = DeviceSpec {

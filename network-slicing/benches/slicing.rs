@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::iperf::{iperf3, measure};
+use common::iperf::{iperf3, measure, SECONDS};
 use common::workload::{configure_far_end, Workload};
 use common::{in_fresh_netns, Netns};
 use mecvisor_protocol::{QosSpec, QosTier, SliceSpec};
@@ -421,7 +421,7 @@ fn accuracy_benchmark() {
         far.run(move || configure_far_end("up0p", vlans));
         for (mbit, path) in rates.iter().zip(&paths) {
             for reverse in [false, true] {
-                let goodput = measure(&iperf3, &far, path, 5301, reverse)
+                let goodput = measure(&iperf3, &far, path, 5301, reverse, SECONDS)
                     .join()
                     .expect("iperf3");
                 let direction = if reverse { "ingress" } else { "egress" };

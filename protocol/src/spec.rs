@@ -123,6 +123,49 @@ pub struct WorkloadSpec {
     #[n(4)]
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Traffic from other slices this workload accepts; everything else
+    /// that tries to cross from another slice is dropped.
+    #[n(5)]
+    #[cbor(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowRule>,
+    /// Shaping of the workload's own port (towards the workload), within
+    /// its slice's: explicit `cir_kbit`/`pir_kbit` or a tier.
+    #[n(6)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_qos: Option<QosSpec>,
+}
+
+/// Traffic from another slice that a workload accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    /// The slice the traffic comes from.
+    #[n(0)]
+    pub from_slice: String,
+    /// Its protocol.
+    #[n(1)]
+    pub protocol: IpProtocol,
+    /// Destination port (TCP and UDP only); none means every port.
+    #[n(2)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// IP protocols an allow rule can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cbor(index_only)]
+pub enum IpProtocol {
+    /// TCP.
+    #[n(0)]
+    Tcp,
+    /// UDP.
+    #[n(1)]
+    Udp,
+    /// ICMP (echo and the rest).
+    #[n(2)]
+    Icmp,
 }
 
 /// The two kinds of workload.

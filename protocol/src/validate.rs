@@ -213,6 +213,7 @@ impl DeviceSpec {
                     });
                 }
             }
+            network_problems(workload, &slice_names, &at, &mut out);
         }
         out
     }
@@ -222,6 +223,54 @@ impl DeviceSpec {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(crate::codec::encode(self));
         format!("sha256:{}", hex::encode(digest))
+    }
+}
+
+/// Allow rules and port shaping: they need a slice, and allow rules name
+/// another known slice and a port only for TCP or UDP.
+fn network_problems(
+    w: &WorkloadSpec,
+    slices: &HashSet<&str>,
+    at: &dyn Fn(&str) -> String,
+    out: &mut Vec<Problem>,
+) {
+    if w.slice.is_none() && (!w.allow.is_empty() || w.port_qos.is_some()) {
+        out.push(Problem {
+            path: at("slice"),
+            message: "allow rules and port_qos need the workload to join a slice".into(),
+        });
+    }
+    for (j, rule) in w.allow.iter().enumerate() {
+        let path = || at(&format!("allow[{j}]"));
+        if !slices.contains(rule.from_slice.as_str()) {
+            out.push(Problem {
+                path: format!("{}.from_slice", path()),
+                message: format!("unknown slice {:?}", rule.from_slice),
+            });
+        } else if w.slice.as_deref() == Some(rule.from_slice.as_str()) {
+            out.push(Problem {
+                path: format!("{}.from_slice", path()),
+                message: "traffic within the workload's own slice is always allowed".into(),
+            });
+        }
+        match (rule.protocol, rule.port) {
+            (crate::spec::IpProtocol::Icmp, Some(_)) => out.push(Problem {
+                path: format!("{}.port", path()),
+                message: "ICMP has no ports".into(),
+            }),
+            (_, Some(0)) => out.push(Problem {
+                path: format!("{}.port", path()),
+                message: "port must be 1 to 65535".into(),
+            }),
+            _ => {}
+        }
+    }
+    if let Some(qos) = &w.port_qos {
+        qos_problems(
+            qos,
+            &|field: &str| at(&field.replacen("qos", "port_qos", 1)),
+            out,
+        );
     }
 }
 

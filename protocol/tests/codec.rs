@@ -157,3 +157,29 @@ fn deeply_nested_unknown_field_does_not_overflow_the_stack() {
     let slice = decode::<SliceSpec>(&bytes).expect("unknown field skipped");
     assert_eq!(slice.name, "video");
 }
+
+#[test]
+fn a_workload_written_before_allow_rules_existed_still_decodes() {
+    // The same workload with only fields 0..=4: what agents have stored
+    // from controllers older than allow rules and port shaping.
+    let mut workload = common::sample_spec().workloads.remove(0);
+    workload.allow.push(AllowRule {
+        from_slice: "iot".into(),
+        protocol: IpProtocol::Tcp,
+        port: Some(80),
+    });
+    let full = encode(&workload);
+    let mut d = minicbor::Decoder::new(&full);
+    assert!(d.array().expect("array header").is_some_and(|n| n >= 6));
+    let mut old = minicbor::Encoder::new(Vec::new());
+    old.array(5).expect("header");
+    let mut old = old.into_writer();
+    for _ in 0..5 {
+        let start = d.position();
+        d.skip().expect("field");
+        old.extend_from_slice(&full[start..d.position()]);
+    }
+    let decoded: WorkloadSpec = decode(&old).expect("old workload decodes");
+    workload.allow.clear();
+    assert_eq!(decoded, workload);
+}

@@ -138,3 +138,50 @@ fn subnets_parse_and_overlap() {
     assert!(Ipv4Net::parse("10.0.0.1/8").is_err());
     assert!(Ipv4Net::parse("10.0.0.0/33").is_err());
 }
+
+#[test]
+fn allow_rules_and_port_qos_are_checked() {
+    let mut spec = common::sample_spec();
+    spec.workloads[0].allow = vec![
+        AllowRule {
+            from_slice: "iot".into(),
+            protocol: IpProtocol::Tcp,
+            port: Some(8080),
+        },
+        AllowRule {
+            from_slice: "video".into(),
+            protocol: IpProtocol::Udp,
+            port: None,
+        },
+        AllowRule {
+            from_slice: "radio".into(),
+            protocol: IpProtocol::Icmp,
+            port: Some(1),
+        },
+        AllowRule {
+            from_slice: "iot".into(),
+            protocol: IpProtocol::Udp,
+            port: Some(0),
+        },
+    ];
+    spec.workloads[0].port_qos = Some(QosSpec::default());
+    spec.workloads[1].slice = None;
+    spec.workloads[1].port_qos = Some(QosSpec {
+        cir_kbit: Some(1000),
+        ..QosSpec::default()
+    });
+    let found = problems(&spec);
+    for expected in [
+        "workloads[0].allow[1].from_slice: traffic within the workload's own slice is always allowed",
+        "workloads[0].allow[2].from_slice: unknown slice \"radio\"",
+        "workloads[0].allow[2].port: ICMP has no ports",
+        "workloads[0].allow[3].port: port must be 1 to 65535",
+        "workloads[1].slice: allow rules and port_qos need the workload to join a slice",
+    ] {
+        assert!(found.iter().any(|p| p == expected), "missing {expected:?} in {found:#?}");
+    }
+    assert!(
+        found.iter().any(|p| p.starts_with("workloads[0].port_qos")),
+        "{found:#?}"
+    );
+}

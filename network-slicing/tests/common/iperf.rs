@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::workload::Workload;
 
 /// Seconds per measurement, after one omitted second of TCP slow start.
-const SECONDS: &str = "4";
+pub const SECONDS: u32 = 4;
 
 /// The iperf3 to run: `MECVISOR_IPERF3`, the lab payload's, or PATH's.
 pub fn iperf3() -> Option<PathBuf> {
@@ -41,13 +41,15 @@ pub struct Path {
 /// Starts an iperf3 server in `far` on the path's server address and
 /// `port`, runs a client in the path's workload, and returns (as a thread
 /// to join) the receiver's goodput in Mbit/s; `reverse` measures the
-/// server-to-client direction (iperf3 -R).
+/// server-to-client direction (iperf3 -R); `seconds` are measured after
+/// one omitted second.
 pub fn measure(
     iperf3: &std::path::Path,
     far: &Workload,
     path: &Path,
     port: u16,
     reverse: bool,
+    seconds: u32,
 ) -> std::thread::JoinHandle<f64> {
     let binary = iperf3.to_path_buf();
     let server = path.server;
@@ -76,7 +78,8 @@ pub fn measure(
                 "-p".into(),
                 port.to_string(),
             ];
-            args.extend(["-t", SECONDS, "-O", "1", "-J"].map(String::from));
+            args.extend(["-t".to_string(), seconds.to_string()]);
+            args.extend(["-O", "1", "-J"].map(String::from));
             if reverse {
                 args.push("-R".into());
             }

@@ -47,6 +47,8 @@ pub fn sample_spec() -> DeviceSpec {
                     memory_mib: 256,
                 },
                 restart: RestartPolicy::OnFailure,
+                allow: Vec::new(),
+                port_qos: None,
             },
             WorkloadSpec {
                 name: "upf".into(),
@@ -66,6 +68,8 @@ pub fn sample_spec() -> DeviceSpec {
                     memory_mib: 512,
                 },
                 restart: RestartPolicy::Always,
+                allow: Vec::new(),
+                port_qos: None,
             },
         ],
     }
