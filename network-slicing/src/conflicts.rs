@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use mecvisor_protocol::validate::Ipv4Net;
 
-use crate::model::Slice;
+use crate::model::{Port, Slice};
 use crate::names::{link_name, Role};
 
 /// What the host looks like, as far as conflicts go.
@@ -16,6 +16,8 @@ pub struct HostFacts {
     pub uplinks: BTreeMap<String, UplinkFacts>,
     /// Names of links mecvisor did not create (slice links must not take them).
     pub foreign_links: Vec<String>,
+    /// Links enslaved to a bridge mecvisor did not create: link -> bridge.
+    pub in_foreign_bridges: BTreeMap<String, String>,
 }
 
 /// One candidate uplink.
@@ -81,14 +83,54 @@ pub enum Conflict {
     },
     /// The uplink's root qdisc is someone else's: slices would have to
     /// replace it to shape the uplink.
-    #[error("uplink {uplink}: its root qdisc ({kind} {major:x}:) was set by someone else; remove it or pick another uplink")]
+    #[error(
+        "{uplink}: its root qdisc ({kind} {major:x}:) was set by someone else; remove it first"
+    )]
     ForeignQdisc {
-        /// The uplink.
+        /// The uplink (or port).
         uplink: String,
         /// Qdisc kind.
         kind: String,
         /// Its major handle.
         major: u32,
+    },
+    /// A workload's port does not exist (its runtime has not made it).
+    #[error("port {port:?} of slice {slice:?} does not exist on this box")]
+    UnknownPort {
+        /// The port.
+        port: String,
+        /// Its slice.
+        slice: String,
+    },
+    /// A port names a slice that is not wanted.
+    #[error("port {port:?}: no slice {slice:?}")]
+    PortOfUnknownSlice {
+        /// The port.
+        port: String,
+        /// The slice it names.
+        slice: String,
+    },
+    /// A port is in someone else's bridge; mecvisor will not take it.
+    #[error("port {port:?} is in bridge {bridge}, which mecvisor did not create")]
+    PortInForeignBridge {
+        /// The port.
+        port: String,
+        /// The bridge.
+        bridge: String,
+    },
+    /// Allow rules need the workload's address.
+    #[error("port {port:?}: allow rules need the workload's IPv4 address")]
+    AllowWithoutAddress {
+        /// The port.
+        port: String,
+    },
+    /// An allow rule names a slice that is not wanted.
+    #[error("port {port:?}: allow rule from unknown slice {slice:?}")]
+    AllowFromUnknownSlice {
+        /// The port.
+        port: String,
+        /// The slice it names.
+        slice: String,
     },
     /// A slice's subnet overlaps an address of its uplink: routing to the
     /// slice would cut the box off its own network (and its controller).
@@ -119,7 +161,7 @@ pub enum Conflict {
 }
 
 /// Every conflict between `slices` and the host, in slice order.
-pub fn check(slices: &[Slice], host: &HostFacts) -> Vec<Conflict> {
+pub fn check(slices: &[Slice], ports: &[Port], host: &HostFacts) -> Vec<Conflict> {
     let mut conflicts = Vec::new();
     let mut vlans: HashMap<(&str, u16), &str> = HashMap::new();
     let mut names: HashMap<String, &str> = HashMap::new();
@@ -216,6 +258,53 @@ pub fn check(slices: &[Slice], host: &HostFacts) -> Vec<Conflict> {
             });
         }
     }
+    let names: std::collections::BTreeSet<&str> = slices.iter().map(|s| s.name.as_str()).collect();
+    for port in ports {
+        if !names.contains(port.slice.as_str()) {
+            conflicts.push(Conflict::PortOfUnknownSlice {
+                port: port.name.clone(),
+                slice: port.slice.clone(),
+            });
+        }
+        if !host.foreign_links.contains(&port.name) {
+            conflicts.push(Conflict::UnknownPort {
+                port: port.name.clone(),
+                slice: port.slice.clone(),
+            });
+        }
+        if let Some(bridge) = host.in_foreign_bridges.get(&port.name) {
+            conflicts.push(Conflict::PortInForeignBridge {
+                port: port.name.clone(),
+                bridge: bridge.clone(),
+            });
+        }
+        if !port.allow.is_empty() && port.address.is_none() {
+            conflicts.push(Conflict::AllowWithoutAddress {
+                port: port.name.clone(),
+            });
+        }
+        for rule in &port.allow {
+            if !names.contains(rule.from_slice.as_str()) {
+                conflicts.push(Conflict::AllowFromUnknownSlice {
+                    port: port.name.clone(),
+                    slice: rule.from_slice.clone(),
+                });
+            }
+        }
+        if port.limit.is_some() {
+            if let Some((kind, handle)) = host
+                .uplinks
+                .get(&port.name)
+                .and_then(|u| u.foreign_qdisc.clone())
+            {
+                conflicts.push(Conflict::ForeignQdisc {
+                    uplink: port.name.clone(),
+                    kind,
+                    major: handle >> 16,
+                });
+            }
+        }
+    }
     conflicts
 }
 
@@ -275,7 +364,7 @@ mod tests {
             slice("iot", 200, "eth0", 40_000, Some("10.21.0.0/24")),
             slice("other", 100, "eth1", 1_000_000, None),
         ];
-        assert_eq!(check(&slices, &host()), vec![]);
+        assert_eq!(check(&slices, &[], &host()), vec![]);
     }
 
     #[test]
@@ -292,7 +381,7 @@ mod tests {
             slice("ghost", 400, "wlan9", 1, Some("10.99.0.1/24")),
             slice("taken", 500, "eth1", 1, None),
         ];
-        let conflicts = check(&slices, &host);
+        let conflicts = check(&slices, &[], &host);
         let text: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
         let has = |needle: &str| text.iter().any(|t| t.contains(needle));
         assert!(
@@ -315,9 +404,52 @@ mod tests {
         );
         assert!(has("taken by a link mecvisor did not create"), "{text:#?}");
         assert!(
-            has("uplink eth1: its root qdisc (fq_codel 8001:) was set by someone else"),
+            has("eth1: its root qdisc (fq_codel 8001:) was set by someone else"),
             "{text:#?}"
         );
         assert_eq!(conflicts.len(), 8, "{text:#?}");
+    }
+
+    #[test]
+    fn ports_need_a_link_a_slice_and_for_allow_rules_an_address() {
+        let mut host = host();
+        host.foreign_links = vec!["veth-a".into(), "veth-b".into()];
+        host.in_foreign_bridges
+            .insert("veth-b".into(), "docker0".into());
+        let slices = [slice("video", 100, "eth0", 1, None)];
+        let port = |name: &str, slice: &str| Port {
+            name: name.into(),
+            slice: slice.into(),
+            address: None,
+            allow: vec![],
+            limit: None,
+        };
+        let mut with_allow = port("veth-a", "video");
+        with_allow.allow.push(mecvisor_protocol::AllowRule {
+            from_slice: "radio".into(),
+            protocol: mecvisor_protocol::IpProtocol::Tcp,
+            port: None,
+        });
+        let ports = [with_allow, port("veth-b", "video"), port("veth-c", "iot")];
+        let text: Vec<String> = check(&slices, &ports, &host)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+        assert!(
+            has("port \"veth-a\": allow rules need the workload's IPv4 address"),
+            "{text:#?}"
+        );
+        assert!(
+            has("port \"veth-a\": allow rule from unknown slice \"radio\""),
+            "{text:#?}"
+        );
+        assert!(has("port \"veth-b\" is in bridge docker0"), "{text:#?}");
+        assert!(has("port \"veth-c\": no slice \"iot\""), "{text:#?}");
+        assert!(
+            has("port \"veth-c\" of slice \"iot\" does not exist"),
+            "{text:#?}"
+        );
+        assert_eq!(text.len(), 5, "{text:#?}");
     }
 }

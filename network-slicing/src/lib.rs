@@ -34,5 +34,5 @@ pub mod shaping;
 pub mod slicer;
 pub mod status;
 
-pub use model::{Rates, Slice};
+pub use model::{Port, Rates, Slice};
 pub use slicer::{ApplyReport, Slicer, SlicerError};

@@ -1,6 +1,8 @@
 //! Slices with every rate resolved: what the kernel objects are built from.
 
-use mecvisor_protocol::{QosSpec, QosTier, SliceSpec};
+use std::net::Ipv4Addr;
+
+use mecvisor_protocol::{AllowRule, QosSpec, QosTier, SliceSpec};
 
 /// Shaping parameters of one slice, all explicit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,23 @@ impl Slice {
             subnet: spec.subnet.clone(),
         }
     }
+}
+
+/// A workload's port in a slice: the host end of a container's veth or a
+/// VM's tap, made by the workload's runtime and enslaved to the slice's
+/// bridge by the slicer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    /// Link name.
+    pub name: String,
+    /// The slice it joins.
+    pub slice: String,
+    /// The workload's IPv4 address (needed by allow rules).
+    pub address: Option<Ipv4Addr>,
+    /// Traffic from other slices the workload accepts.
+    pub allow: Vec<AllowRule>,
+    /// Shaping towards the workload (HTB on the port), if any.
+    pub limit: Option<Rates>,
 }
 
 #[cfg(test)]

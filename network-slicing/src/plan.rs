@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::kernel::{Link, LinkKind};
-use crate::model::Slice;
+use crate::model::{Port, Slice};
 use crate::names::{link_name, parse_alias, Role};
 
 /// One change to the kernel.
@@ -48,6 +48,13 @@ pub enum Action {
         uplink: String,
         /// Link name.
         name: String,
+    },
+    /// Release a port that no desired workload puts in this bridge.
+    Detach {
+        /// Link name.
+        name: String,
+        /// The mecvisor bridge it is in.
+        bridge: String,
     },
     /// Enslave a link to a bridge.
     Attach {
@@ -92,6 +99,12 @@ impl fmt::Display for Action {
                 write!(f, "create ifb {name} for the ingress of {uplink}")
             }
             Action::Attach { name, bridge } => write!(f, "attach {name} to {bridge}"),
+            Action::Detach { name, bridge } => {
+                write!(
+                    f,
+                    "detach {name} from {bridge} (no workload port of that slice)"
+                )
+            }
             Action::Label { name, slice, role } => write!(
                 f,
                 "label {name} as the {} of {} {slice}",
@@ -103,8 +116,9 @@ impl fmt::Display for Action {
     }
 }
 
-/// The actions that turn `observed` into `desired`, in the order to run them.
-pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
+/// The actions that turn `observed` into `desired` slices with `ports` in
+/// them, in the order to run them.
+pub fn plan(desired: &[Slice], ports: &[Port], observed: &[Link]) -> Vec<Action> {
     let by_name: BTreeMap<&str, &Link> = observed.iter().map(|l| (l.name.as_str(), l)).collect();
     let by_index: BTreeMap<u32, &Link> = observed.iter().map(|l| (l.index, l)).collect();
     let uplinks: BTreeSet<&str> = desired.iter().map(|s| s.uplink.as_str()).collect();
@@ -249,6 +263,33 @@ pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
         }
     }
 
+    // Ports: into their slice's bridge; anything else in a mecvisor bridge
+    // is let go (before bridges are deleted).
+    let mut detaches = Vec::new();
+    let wanted_ports: BTreeMap<&str, &Port> = ports.iter().map(|p| (p.name.as_str(), p)).collect();
+    for link in observed.iter().filter(|l| !l.is_ours()) {
+        let bridge = link
+            .controller
+            .and_then(|c| by_index.get(&c))
+            .filter(|b| b.is_ours() && b.kind == LinkKind::Bridge);
+        match (wanted_ports.get(link.name.as_str()), bridge) {
+            (Some(port), current) => {
+                let target = link_name(&port.slice, Role::Bridge);
+                if current.map(|b| b.name.as_str()) != Some(target.as_str()) {
+                    finishing.push(Action::Attach {
+                        name: link.name.clone(),
+                        bridge: target,
+                    });
+                }
+            }
+            (None, Some(bridge)) => detaches.push(Action::Detach {
+                name: link.name.clone(),
+                bridge: bridge.name.clone(),
+            }),
+            (None, None) => {}
+        }
+    }
+
     for link in observed {
         if let Some((slice, role)) = ours(link) {
             if !wanted.contains(&(slice.clone(), role)) {
@@ -271,8 +312,9 @@ pub fn plan(desired: &[Slice], observed: &[Link]) -> Vec<Action> {
         Action::Delete { name, .. } => !name.starts_with("mvv"),
         _ => true,
     });
-    deletes
+    detaches
         .into_iter()
+        .chain(deletes)
         .chain(creates)
         .chain(finishing)
         .collect()
@@ -360,7 +402,7 @@ mod tests {
 
     #[test]
     fn from_nothing_creates_then_attaches_then_brings_up() {
-        let actions = plan(&[slice("video", 100)], &[uplink()]);
+        let actions = plan(&[slice("video", 100)], &[], &[uplink()]);
         let text: Vec<String> = actions.iter().map(ToString::to_string).collect();
         assert_eq!(text.len(), 9, "{text:#?}");
         assert!(text[0].starts_with("create bridge mvb"), "{text:#?}");
@@ -387,7 +429,7 @@ mod tests {
     fn an_applied_slice_needs_nothing() {
         let mut observed = vec![uplink(), ifb(30)];
         observed.extend(applied("video", 100, 10));
-        assert_eq!(plan(&[slice("video", 100)], &observed), vec![]);
+        assert_eq!(plan(&[slice("video", 100)], &[], &observed), vec![]);
     }
 
     #[test]
@@ -401,7 +443,7 @@ mod tests {
             link.group = 0;
         }
         observed.extend(foreign);
-        let actions = plan(&[], &observed);
+        let actions = plan(&[], &[], &observed);
         let names: Vec<String> = actions.iter().map(ToString::to_string).collect();
         assert_eq!(names.len(), 3, "{names:#?}");
         assert!(
@@ -424,7 +466,7 @@ mod tests {
     fn a_moved_vlan_is_recreated_and_a_half_built_slice_completed() {
         let mut observed = vec![uplink(), ifb(30)];
         observed.extend(applied("video", 100, 10));
-        let actions = plan(&[slice("video", 200)], &observed);
+        let actions = plan(&[slice("video", 200)], &[], &observed);
         let text: Vec<String> = actions.iter().map(ToString::to_string).collect();
         assert!(
             text[0].starts_with("delete mvv") && text[0].contains("moved to VLAN 200"),
@@ -438,7 +480,7 @@ mod tests {
         let mut bridge = applied("video", 100, 10).remove(0);
         bridge.alias = None;
         half.push(bridge);
-        let text: Vec<String> = plan(&[slice("video", 100)], &half)
+        let text: Vec<String> = plan(&[slice("video", 100)], &[], &half)
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -448,11 +490,55 @@ mod tests {
 
         // The same unlabelled link with no slice wanting it is garbage.
         half.remove(1);
-        let text: Vec<String> = plan(&[], &half).iter().map(ToString::to_string).collect();
+        let text: Vec<String> = plan(&[], &[], &half)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(text.len(), 1, "{text:#?}");
         assert!(
             text[0].contains("a mecvisor link of no wanted slice"),
             "{text:#?}"
         );
+    }
+
+    #[test]
+    fn ports_join_their_slice_and_strangers_are_let_go() {
+        let mut observed = vec![uplink(), ifb(30)];
+        observed.extend(applied("video", 100, 10));
+        let veth = |index: u32, name: &str, controller: Option<u32>| Link {
+            index,
+            name: name.into(),
+            kind: LinkKind::Other("veth".into()),
+            alias: None,
+            controller,
+            parent: None,
+            up: true,
+            group: 0,
+        };
+        observed.push(veth(40, "veth-cam", None));
+        observed.push(veth(41, "veth-stray", Some(10)));
+        let port = Port {
+            name: "veth-cam".into(),
+            slice: "video".into(),
+            address: None,
+            allow: vec![],
+            limit: None,
+        };
+        let text: Vec<String> = plan(&[slice("video", 100)], &[port.clone()], &observed)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(
+            text[0].starts_with("detach veth-stray from mvb"),
+            "{text:#?}"
+        );
+        assert!(text[1].starts_with("attach veth-cam to mvb"), "{text:#?}");
+
+        // Attached already: nothing to do for it.
+        let cam = observed.len() - 2;
+        observed[cam].controller = Some(10);
+        observed.pop();
+        assert_eq!(plan(&[slice("video", 100)], &[port], &observed), vec![]);
     }
 }

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::conflicts::{check, Conflict, HostFacts, UplinkFacts};
 use crate::isolation::{self, IsolationError, NfTables, Ruleset};
 use crate::kernel::{Kernel, KernelError, Link};
-use crate::model::Slice;
+use crate::model::{Port, Slice};
 use crate::names::alias;
 use crate::plan::{plan, Action};
 use crate::shaping::{self, DeviceTc, TcAction};
@@ -89,22 +89,34 @@ impl Slicer {
         }
     }
 
-    /// Makes the kernel hold exactly `desired` (and no other mecvisor slice).
-    #[tracing::instrument(name = "slices_apply", skip_all, fields(slices = desired.len()))]
+    /// Makes the kernel hold exactly `desired` (and no other mecvisor
+    /// slice), with no workload port in any slice.
     pub async fn apply(&self, desired: &[Slice]) -> Result<ApplyReport, SlicerError> {
+        self.apply_with_ports(desired, &[]).await
+    }
+
+    /// Makes the kernel hold exactly `desired` with `ports` in them (each in
+    /// its slice's bridge, shaped and opened as it says; any other link in a
+    /// mecvisor bridge is let go).
+    #[tracing::instrument(name = "slices_apply", skip_all, fields(slices = desired.len(), ports = ports.len()))]
+    pub async fn apply_with_ports(
+        &self,
+        desired: &[Slice],
+        ports: &[Port],
+    ) -> Result<ApplyReport, SlicerError> {
         let links = self.kernel.links().await.map_err(SlicerError::Read)?;
         let tc = shaping::observe(&self.kernel, &links)
             .await
             .map_err(SlicerError::Read)?;
         let facts = self.host_facts(&links, &tc).await?;
-        let conflicts = check(desired, &facts);
+        let conflicts = check(desired, ports, &facts);
         if !conflicts.is_empty() {
             return Err(SlicerError::Conflicts(conflicts));
         }
         let mut created = Created::default();
         let mut report = ApplyReport::default();
 
-        for action in plan(desired, &links) {
+        for action in plan(desired, ports, &links) {
             if let Err(source) = self.run(&action, &mut created.links).await {
                 return Err(self.failed(action.to_string(), source, &created).await);
             }
@@ -113,12 +125,13 @@ impl Slicer {
         }
 
         let wanted = shaping::desired(desired, &self.capacities);
-        match shaping::reconcile(&self.kernel, &wanted, &mut created.tc).await {
+        let port_shaping = shaping::desired_ports(ports);
+        match shaping::reconcile(&self.kernel, &wanted, &port_shaping, &mut created.tc).await {
             Ok(changes) => report.changes.extend(changes),
             Err((action, source)) => return Err(self.failed(action, source, &created).await),
         }
 
-        let rules = Ruleset::for_slices(desired.iter().map(|s| s.name.as_str()));
+        let rules = Ruleset::new(desired.iter().map(|s| s.name.as_str()), ports);
         match isolation::apply(&self.nft, &rules) {
             Ok(Some(change)) => report.changes.push(change),
             Ok(None) => {}
@@ -157,6 +170,14 @@ impl Slicer {
                 continue;
             }
             facts.foreign_links.push(link.name.clone());
+            let controller = link
+                .controller
+                .and_then(|c| links.iter().find(|l| l.index == c));
+            if let Some(bridge) = controller.filter(|b| !b.is_ours()) {
+                facts
+                    .in_foreign_bridges
+                    .insert(link.name.clone(), bridge.name.clone());
+            }
             let uplink = UplinkFacts {
                 addresses: addresses
                     .iter()
@@ -204,6 +225,10 @@ impl Slicer {
                 self.kernel
                     .set_alias(index, &alias(slice, *role), &what)
                     .await
+            }
+            Action::Detach { name, .. } => {
+                let index = self.kernel.index_of(name).await?;
+                self.kernel.detach(index, &what).await
             }
             Action::Attach { name, bridge } => {
                 let index = self.kernel.index_of(name).await?;

@@ -11,8 +11,10 @@ use std::net::Ipv4Addr;
 
 use common::workload::{icmp_reaches, tcp_reaches, udp_reaches, Workload};
 use common::{in_fresh_netns, missing_prerequisite, set_ip_forward};
+use mecvisor_protocol::{AllowRule, IpProtocol};
 use network_slicing::isolation::{self, slice_of_tag, NfTables, Ruleset};
 use network_slicing::names::{link_name, Role};
+use network_slicing::Port;
 
 /// (ICMP, TCP, UDP) reachability from `a` to `b`.
 fn reach(a: &Workload, b: &Workload) -> (bool, bool, bool) {
@@ -88,6 +90,33 @@ fn slices_cannot_reach_each_other_even_when_the_host_routes() {
             // At least one ICMP, one TCP SYN and one UDP datagram.
             assert!(rule.packets >= 3, "{slice}: {rule:?}");
         }
+
+        // An allow rule opens one hole: TCP port 7001 from red to blue1
+        // (replies pass through conntrack), nothing else.
+        let blue1_port = Port {
+            name: "wblue1".into(),
+            slice: "blue".into(),
+            address: Some(blue1.address),
+            allow: vec![AllowRule {
+                from_slice: "red".into(),
+                protocol: IpProtocol::Tcp,
+                port: Some(7001),
+            }],
+            limit: None,
+        };
+        let with_allow = Ruleset::new(["red", "blue"], &[blue1_port]);
+        let change = isolation::apply(&nft, &with_allow).expect("apply the allow rule");
+        assert!(change.is_some_and(|c| c.contains("replace")));
+        assert!(tcp_reaches(&red1, &blue1), "allowed: red -> blue1 TCP 7001");
+        assert!(
+            tcp_reaches(&red2, &blue1),
+            "allowed from every red workload"
+        );
+        assert!(!udp_reaches(&red1, &blue1), "UDP is not allowed");
+        assert!(!icmp_reaches(&red1, blue1.address), "ICMP is not allowed");
+        assert!(!tcp_reaches(&red1, &blue2), "only blue1 accepts");
+        assert!(!tcp_reaches(&blue1, &red1), "the rule has a direction");
+        assert_eq!(isolation::apply(&nft, &with_allow).expect("re-apply"), None);
 
         // A changed set replaces the table; an empty one removes it, and
         // the slices reach each other again (the rules did the dropping).

@@ -12,7 +12,7 @@ use mecvisor_protocol::{QosSpec, QosTier, SliceSpec};
 use network_slicing::kernel::LinkKind;
 use network_slicing::names::{link_name, Role};
 use network_slicing::shaping::{self, class_minor};
-use network_slicing::{Slice, SlicerError};
+use network_slicing::{Port, Slice, SlicerError};
 
 fn slice(name: &str, vlan: u16, uplink: &str, subnet: Option<&str>) -> Slice {
     Slice::from_spec(&SliceSpec {
@@ -208,6 +208,56 @@ fn apply_is_idempotent_collects_garbage_and_spares_foreign_links() {
             let iot = counters[&class_minor(200)].packets;
             assert!((25..=27).contains(&video), "{counters:?}");
             assert!((9..=11).contains(&iot), "{counters:?}");
+
+            // Ports: a workload's veth joins its slice's bridge with its
+            // limit; a link someone put in a mecvisor bridge is let go.
+            ns.add_veth("cam0", "cam0p").await;
+            ns.add_veth("stray0", "stray0p").await;
+            let video_bridge = ns.index(&link_name("video", Role::Bridge)).await;
+            let stray = ns.index("stray0").await;
+            ns.kernel
+                .attach(stray, video_bridge, "stray")
+                .await
+                .expect("attach stray0");
+            let port = Port {
+                name: "cam0".into(),
+                slice: "video".into(),
+                address: None,
+                allow: vec![],
+                limit: Some(two[1].rates),
+            };
+            let with_port = slicer
+                .apply_with_ports(&two, std::slice::from_ref(&port))
+                .await
+                .expect("apply with a port");
+            let text = &with_port.changes;
+            assert_eq!(text.len(), 4, "{text:#?}");
+            assert!(text[0].starts_with("detach stray0 from mvb"), "{text:#?}");
+            assert!(text[1].starts_with("attach cam0 to mvb"), "{text:#?}");
+            assert!(
+                text[2].starts_with("add HTB root qdisc 6d76: on cam0"),
+                "{text:#?}"
+            );
+            assert!(text[3].starts_with("add class 6d76:1 on cam0"), "{text:#?}");
+            let again = slicer
+                .apply_with_ports(&two, std::slice::from_ref(&port))
+                .await
+                .expect("re-apply with a port");
+            assert_eq!(again.changes, Vec::<String>::new());
+            let cam = ns
+                .links()
+                .await
+                .into_iter()
+                .find(|l| l.name == "cam0")
+                .expect("cam0");
+            assert_eq!(cam.controller, Some(video_bridge));
+            let without = slicer
+                .apply(&two)
+                .await
+                .expect("the port's workload is gone");
+            assert_eq!(without.changes.len(), 2, "{:#?}", without.changes);
+            ns.delete("cam0").await;
+            ns.delete("stray0").await;
 
             let one = slicer.apply(&two[..1]).await.expect("shrink");
             // iot's two links, its two classes, the nftables table.

@@ -39,8 +39,16 @@ fn capacities() -> BTreeMap<String, u64> {
 }
 
 async fn apply(ns: &common::Netns, wanted: &[UplinkShaping]) -> Vec<String> {
+    reconcile_with_ports(ns, wanted, &[]).await
+}
+
+async fn reconcile_with_ports(
+    ns: &common::Netns,
+    wanted: &[UplinkShaping],
+    ports: &[shaping::PortShaping],
+) -> Vec<String> {
     let mut undo = Vec::new();
-    shaping::reconcile(&ns.kernel, wanted, &mut undo)
+    shaping::reconcile(&ns.kernel, wanted, ports, &mut undo)
         .await
         .unwrap_or_else(|(action, e)| panic!("{action}: {e}"))
 }
@@ -150,6 +158,49 @@ fn htb_trees_are_built_read_back_changed_and_removed() {
                 );
                 assert!(!tc[device].clsact, "{device}: {:?}", tc[device]);
             }
+        })
+    });
+}
+
+#[test]
+fn a_port_with_a_limit_gets_one_class_for_all_its_traffic() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("SKIPPED a_port_with_a_limit_gets_one_class_for_all_its_traffic: {why}");
+        return;
+    }
+    in_fresh_netns(|ns, rt| {
+        rt.block_on(async {
+            let port = network_slicing::Port {
+                name: "up0p".into(),
+                slice: "video".into(),
+                address: None,
+                allow: vec![],
+                limit: Some(slice("x", 1, QosTier::Bronze, Some(2_000)).rates),
+            };
+            let ports = shaping::desired_ports(std::slice::from_ref(&port));
+            let changes = reconcile_with_ports(ns, &[], &ports).await;
+            assert_eq!(changes.len(), 2, "root qdisc and its class: {changes:#?}");
+            assert_eq!(
+                reconcile_with_ports(ns, &[], &ports).await,
+                Vec::<String>::new()
+            );
+            // Every frame leaving the port lands in its one class.
+            let mac = ns.mac("up0").await;
+            common::frames::send_frames(ns.index("up0p").await, SENDER, mac, None, 12)
+                .expect("send through the port");
+            let links = ns.kernel.links().await.expect("links");
+            let tc = observe(&ns.kernel, &links).await.expect("observe");
+            assert_eq!(tc["up0p"].classes[&ROOT_MINOR], ports[0].params);
+            assert_eq!(
+                tc["up0p"].counters[&ROOT_MINOR].packets, 12,
+                "{:?}",
+                tc["up0p"]
+            );
+            // No limit any more: mecvisor's qdisc goes.
+            let changes = reconcile_with_ports(ns, &[], &[]).await;
+            assert_eq!(changes.len(), 1, "{changes:#?}");
+            let links = ns.kernel.links().await.expect("links");
+            assert!(!observe(&ns.kernel, &links).await.expect("observe")["up0p"].root_is_ours());
         })
     });
 }

@@ -11,7 +11,10 @@
 
 use sha2::{Digest, Sha256};
 
-use super::wire::{expressions, ifname, Expr, MetaKey, Verdict};
+use mecvisor_protocol::IpProtocol;
+
+use super::wire::{expressions, ifname, Expr, MetaKey, PayloadBase, Verdict};
+use crate::model::Port;
 use crate::names::{link_name, Role, LINK_GROUP};
 
 /// Name of mecvisor's table (family inet); no other table is touched.
@@ -59,7 +62,24 @@ pub struct Ruleset {
 impl Ruleset {
     /// The rules that keep `slices` apart (empty when there are none).
     pub fn for_slices<'a>(slices: impl IntoIterator<Item = &'a str>) -> Ruleset {
-        let rules: Vec<Rule> = slices.into_iter().map(isolate).collect();
+        Ruleset::new(slices, &[])
+    }
+
+    /// The rules that keep `slices` apart, with the holes the ports' allow
+    /// rules open: first replies of allowed connections (conntrack
+    /// established/related), then each allowed flow, then the drops.
+    pub fn new<'a>(slices: impl IntoIterator<Item = &'a str>, ports: &[Port]) -> Ruleset {
+        let drops: Vec<Rule> = slices.into_iter().map(isolate).collect();
+        let allows: Vec<Rule> = ports
+            .iter()
+            .flat_map(|port| port.allow.iter().filter_map(move |rule| allow(port, rule)))
+            .collect();
+        let mut rules = Vec::new();
+        if !allows.is_empty() && !drops.is_empty() {
+            rules.push(tagged("established", established()));
+        }
+        rules.extend(allows);
+        rules.extend(drops);
         let chains = if rules.is_empty() {
             Vec::new()
         } else {
@@ -76,6 +96,86 @@ impl Ruleset {
     pub fn is_empty(&self) -> bool {
         self.chains.is_empty()
     }
+}
+
+fn tagged(label: &str, exprs: Vec<Expr>) -> Rule {
+    let digest = Sha256::digest(expressions(&exprs).into_bytes());
+    Rule {
+        chain: FORWARD_CHAIN.to_string(),
+        tag: format!("{label} {}", hex::encode(&digest[..8])),
+        exprs,
+    }
+}
+
+/// `ct state established,related accept`.
+fn established() -> Vec<Expr> {
+    vec![
+        Expr::CtState,
+        // IP_CT_ESTABLISHED and IP_CT_RELATED as conntrack state bits.
+        Expr::And(0x2 | 0x4),
+        Expr::Cmp {
+            equal: false,
+            data: 0u32.to_ne_bytes().to_vec(),
+        },
+        Expr::Verdict(Verdict::Accept),
+    ]
+}
+
+/// `iifname <from> oifname <to> meta nfproto ipv4 ip daddr <addr>
+/// meta l4proto <p> [th dport <port>] counter accept`; none without an
+/// address (conflicts refuses that before).
+fn allow(port: &Port, rule: &mecvisor_protocol::AllowRule) -> Option<Rule> {
+    let address = port.address?;
+    let protocol: u8 = match rule.protocol {
+        IpProtocol::Tcp => 6,
+        IpProtocol::Udp => 17,
+        IpProtocol::Icmp => 1,
+    };
+    let mut exprs = vec![
+        Expr::Meta(MetaKey::IifName),
+        Expr::Cmp {
+            equal: true,
+            data: ifname(&link_name(&rule.from_slice, Role::Bridge)),
+        },
+        Expr::Meta(MetaKey::OifName),
+        Expr::Cmp {
+            equal: true,
+            data: ifname(&link_name(&port.slice, Role::Bridge)),
+        },
+        Expr::Meta(MetaKey::NfProto),
+        Expr::Cmp {
+            equal: true,
+            data: vec![2],
+        },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 16,
+            len: 4,
+        },
+        Expr::Cmp {
+            equal: true,
+            data: address.octets().to_vec(),
+        },
+        Expr::Meta(MetaKey::L4Proto),
+        Expr::Cmp {
+            equal: true,
+            data: vec![protocol],
+        },
+    ];
+    if let Some(number) = rule.port {
+        exprs.push(Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+        });
+        exprs.push(Expr::Cmp {
+            equal: true,
+            data: number.to_be_bytes().to_vec(),
+        });
+    }
+    exprs.push(Expr::Counter);
+    exprs.push(Expr::Verdict(Verdict::Accept));
+    Some(tagged(&format!("port={} allow", port.name), exprs))
 }
 
 /// `iifname <bridge> oifgroup <mecvisor> oifname != <bridge> counter drop`.
@@ -100,12 +200,7 @@ fn isolate(slice: &str) -> Rule {
         Expr::Counter,
         Expr::Verdict(Verdict::Drop),
     ];
-    let digest = Sha256::digest(expressions(&exprs).into_bytes());
-    Rule {
-        chain: FORWARD_CHAIN.to_string(),
-        tag: format!("slice={slice} {}", hex::encode(&digest[..8])),
-        exprs,
-    }
+    tagged(&format!("slice={slice}"), exprs)
 }
 
 /// The slice a rule tag names.

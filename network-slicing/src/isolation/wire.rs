@@ -63,6 +63,19 @@ const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
 const NFTA_COUNTER_BYTES: u16 = 1;
 const NFTA_COUNTER_PACKETS: u16 = 2;
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+/// `NFT_CT_STATE`.
+const NFT_CT_STATE: u32 = 0;
 
 /// The verdict register and the first 16-byte data register.
 const NFT_REG_VERDICT: u32 = 0;
@@ -77,6 +90,19 @@ pub enum MetaKey {
     OifName = 7,
     /// Output interface's link group (u32, host order).
     OifGroup = 22,
+    /// Layer 3 protocol family (u8: `NFPROTO_IPV4` = 2).
+    NfProto = 15,
+    /// Layer 4 protocol (u8: 6 TCP, 17 UDP, 1 ICMP).
+    L4Proto = 16,
+}
+
+/// Where a `payload` expression reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadBase {
+    /// The network header (IPv4: daddr at offset 16).
+    Network = 1,
+    /// The transport header (TCP/UDP: dport at offset 2).
+    Transport = 2,
 }
 
 /// A verdict that ends a rule.
@@ -102,6 +128,19 @@ pub enum Expr {
     },
     /// Count packets and bytes that got this far.
     Counter,
+    /// Load `len` bytes at `offset` of a header into register 1.
+    Payload {
+        /// Which header.
+        base: PayloadBase,
+        /// Byte offset in it.
+        offset: u32,
+        /// Bytes.
+        len: u32,
+    },
+    /// Load the connection tracking state bits into register 1.
+    CtState,
+    /// Register 1 &= `mask` (4 bytes, host order).
+    And(u32),
     /// End with a verdict.
     Verdict(Verdict),
 }
@@ -167,6 +206,35 @@ pub fn expressions(exprs: &[Expr]) -> Attrs {
                     .be32(NFTA_CMP_SREG, NFT_REG_1)
                     .be32(NFTA_CMP_OP, if *equal { 0 } else { 1 })
                     .nest(NFTA_CMP_DATA, Attrs::default().bytes(NFTA_DATA_VALUE, data)),
+            ),
+            Expr::Payload { base, offset, len } => (
+                "payload",
+                Attrs::default()
+                    .be32(NFTA_PAYLOAD_DREG, NFT_REG_1)
+                    .be32(NFTA_PAYLOAD_BASE, *base as u32)
+                    .be32(NFTA_PAYLOAD_OFFSET, *offset)
+                    .be32(NFTA_PAYLOAD_LEN, *len),
+            ),
+            Expr::CtState => (
+                "ct",
+                Attrs::default()
+                    .be32(NFTA_CT_KEY, NFT_CT_STATE)
+                    .be32(NFTA_CT_DREG, NFT_REG_1),
+            ),
+            Expr::And(mask) => (
+                "bitwise",
+                Attrs::default()
+                    .be32(NFTA_BITWISE_SREG, NFT_REG_1)
+                    .be32(NFTA_BITWISE_DREG, NFT_REG_1)
+                    .be32(NFTA_BITWISE_LEN, 4)
+                    .nest(
+                        NFTA_BITWISE_MASK,
+                        Attrs::default().bytes(NFTA_DATA_VALUE, &mask.to_ne_bytes()),
+                    )
+                    .nest(
+                        NFTA_BITWISE_XOR,
+                        Attrs::default().bytes(NFTA_DATA_VALUE, &0u32.to_ne_bytes()),
+                    ),
             ),
             Expr::Counter => (
                 "counter",

@@ -152,6 +152,12 @@ impl Kernel {
         self.set(message, what).await
     }
 
+    /// Releases link `index` from its bridge.
+    pub async fn detach(&self, index: u32, what: &str) -> Result<(), KernelError> {
+        let message = LinkUnspec::new_with_index(index).nocontroller().build();
+        self.set(message, what).await
+    }
+
     /// Sets the alias of link `index`.
     pub async fn set_alias(&self, index: u32, alias: &str, what: &str) -> Result<(), KernelError> {
         let message = LinkUnspec::new_with_index(index).alias(alias).build();

@@ -227,18 +227,22 @@ impl Kernel {
         Ok(out)
     }
 
-    /// Adds an HTB root qdisc with handle `major:` (replacing the default
-    /// qdisc the kernel gave the interface).
+    /// Adds an HTB root qdisc with handle `major:` and default class
+    /// `major:default_class` (replacing the default qdisc the kernel gave
+    /// the interface).
     pub async fn add_htb_root(
         &self,
         index: u32,
         major: u16,
+        default_class: u16,
         what: &str,
     ) -> Result<(), KernelError> {
         let mut m = message(index, u32::from(major) << 16, u32::MAX, 0);
         m.attributes.push(TcAttribute::Kind("htb".into()));
         m.attributes
-            .push(raw_options(crate::shaping::htb::qdisc_options()));
+            .push(raw_options(crate::shaping::htb::qdisc_options(
+                default_class,
+            )));
         let request = RouteNetlinkMessage::NewQueueDiscipline(m);
         self.tc_request(request, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, what)
             .await

@@ -131,12 +131,14 @@ fn ratespec(out: &mut Vec<u8>, rate: u64) {
     out.extend_from_slice(&(rate.min(u64::from(u32::MAX)) as u32).to_ne_bytes());
 }
 
-/// The qdisc's `TCA_OPTIONS`: unclassified packets (`defcls` 0) bypass
-/// the classes, so traffic that belongs to no slice (the agent's own link
-/// to its controller) is never held back by slices' shaping.
-pub fn qdisc_options() -> Vec<(u16, Vec<u8>)> {
+/// The qdisc's `TCA_OPTIONS`, unclassified packets going to class
+/// `default_class`. On an uplink that is 0: they bypass the classes, so
+/// traffic that belongs to no slice (the agent's own link to its
+/// controller) is never held back by slices' shaping. On a workload's port
+/// it is the port's one class.
+pub fn qdisc_options(default_class: u16) -> Vec<(u16, Vec<u8>)> {
     let mut glob = Vec::with_capacity(20);
-    for field in [HTB_VERSION, 10, 0, 0, 0] {
+    for field in [HTB_VERSION, 10, u32::from(default_class), 0, 0] {
         glob.extend_from_slice(&field.to_ne_bytes());
     }
     vec![(TCA_HTB_INIT, glob)]

@@ -25,7 +25,7 @@ pub use classifier::{class_minor, TCA_BPF_ACT};
 pub use htb::ClassParams;
 
 use crate::kernel::{Counters, Kernel, KernelError, Link, CLSACT_PARENT, INGRESS_PARENT};
-use crate::model::Slice;
+use crate::model::{Port, Slice};
 use crate::names::{link_name, Role};
 
 /// Major number of every qdisc mecvisor adds (`0x6d76:`, "mv").
@@ -87,6 +87,28 @@ pub fn desired(slices: &[Slice], capacities: &BTreeMap<String, u64>) -> Vec<Upli
                     })
                     .collect(),
             }
+        })
+        .collect()
+}
+
+/// Shaping of one workload's port: one class holding all its traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortShaping {
+    /// The port's link name.
+    pub device: String,
+    /// Its class.
+    pub params: ClassParams,
+}
+
+/// Shaping for the ports that have a limit.
+pub fn desired_ports(ports: &[Port]) -> Vec<PortShaping> {
+    ports
+        .iter()
+        .filter_map(|port| {
+            port.limit.as_ref().map(|rates| PortShaping {
+                device: port.name.clone(),
+                params: ClassParams::for_slice(rates),
+            })
         })
         .collect()
 }
@@ -198,6 +220,8 @@ pub enum TcAction {
     AddRoot {
         /// Interface name.
         device: String,
+        /// Class of unclassified packets (0: they bypass the classes).
+        default_class: u16,
     },
     /// Remove mecvisor's root qdisc (the kernel's default comes back).
     DeleteRoot {
@@ -256,7 +280,7 @@ pub enum TcAction {
 impl fmt::Display for TcAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TcAction::AddRoot { device } => write!(f, "add HTB root qdisc {MAJOR:x}: on {device}"),
+            TcAction::AddRoot { device, .. } => write!(f, "add HTB root qdisc {MAJOR:x}: on {device}"),
             TcAction::DeleteRoot { device } => {
                 write!(f, "delete HTB root qdisc {MAJOR:x}: on {device} (no slice uses it)")
             }
@@ -296,11 +320,32 @@ impl fmt::Display for TcAction {
 /// anywhere else is replaced).
 pub fn plan(
     desired: &[UplinkShaping],
+    ports: &[PortShaping],
     observed: &BTreeMap<String, DeviceTc>,
     ifb_index: &BTreeMap<String, u32>,
 ) -> Vec<TcAction> {
     let mut actions = Vec::new();
     let mut wanted: BTreeSet<&str> = BTreeSet::new();
+    for port in ports {
+        wanted.insert(&port.device);
+        let observed = observed.get(&port.device).filter(|d| d.root_is_ours());
+        if observed.is_none() {
+            actions.push(TcAction::AddRoot {
+                device: port.device.clone(),
+                default_class: ROOT_MINOR,
+            });
+        }
+        let current = observed.and_then(|d| d.classes.get(&ROOT_MINOR));
+        if current != Some(&port.params) {
+            actions.push(TcAction::SetClass {
+                device: port.device.clone(),
+                minor: ROOT_MINOR,
+                params: port.params,
+                slice: None,
+                change: current.is_some(),
+            });
+        }
+    }
     for shaping in desired {
         wanted.insert(&shaping.uplink);
         wanted.insert(&shaping.ifb);
@@ -360,6 +405,7 @@ fn device_plan(
     if observed.is_none() {
         actions.push(TcAction::AddRoot {
             device: device.to_string(),
+            default_class: 0,
         });
     }
     let have = |minor: u16| observed.and_then(|d| d.classes.get(&minor));
@@ -404,6 +450,7 @@ fn device_plan(
 pub async fn reconcile(
     kernel: &Kernel,
     desired: &[UplinkShaping],
+    ports: &[PortShaping],
     undo: &mut Vec<TcAction>,
 ) -> Result<Vec<String>, (String, KernelError)> {
     let read = |e| ("read tc state".to_string(), e);
@@ -415,7 +462,7 @@ pub async fn reconcile(
         .map(|l| (l.name.clone(), l.index))
         .collect();
     let mut changes = Vec::new();
-    for action in plan(desired, &observed, &ifb_index) {
+    for action in plan(desired, ports, &observed, &ifb_index) {
         run(kernel, &action, undo)
             .await
             .map_err(|e| (action.to_string(), e))?;
@@ -434,9 +481,14 @@ pub async fn run(
 ) -> Result<(), KernelError> {
     let what = action.to_string();
     match action {
-        TcAction::AddRoot { device } => {
+        TcAction::AddRoot {
+            device,
+            default_class,
+        } => {
             let index = kernel.index_of(device).await?;
-            kernel.add_htb_root(index, MAJOR, &what).await?;
+            kernel
+                .add_htb_root(index, MAJOR, *default_class, &what)
+                .await?;
             undo.push(TcAction::DeleteRoot {
                 device: device.clone(),
             });

@@ -101,6 +101,18 @@ impl Netns {
             .is_ok()
     }
 
+    /// Adds a veth pair, both ends up.
+    pub async fn add_veth(&self, name: &str, peer: &str) {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .expect("veth pair");
+        self.up(name).await;
+        self.up(peer).await;
+    }
+
     /// Deletes a link.
     pub async fn delete(&self, name: &str) {
         let index = self.index(name).await;
