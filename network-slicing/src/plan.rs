@@ -524,10 +524,14 @@ mod tests {
             allow: vec![],
             limit: None,
         };
-        let text: Vec<String> = plan(&[slice("video", 100)], &[port.clone()], &observed)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let text: Vec<String> = plan(
+            &[slice("video", 100)],
+            std::slice::from_ref(&port),
+            &observed,
+        )
+        .iter()
+        .map(ToString::to_string)
+        .collect();
         assert_eq!(text.len(), 2, "{text:#?}");
         assert!(
             text[0].starts_with("detach veth-stray from mvb"),
