@@ -37,7 +37,16 @@ pub struct ManifestError {
 
 /// Keys a workload may have; serde's `flatten` on `WorkloadSpec` disables
 /// `deny_unknown_fields`, so they are checked here.
-const WORKLOAD_KEYS: [&str; 6] = ["name", "container", "vm", "slice", "resources", "restart"];
+const WORKLOAD_KEYS: [&str; 8] = [
+    "name",
+    "container",
+    "vm",
+    "slice",
+    "resources",
+    "restart",
+    "allow",
+    "port_qos",
+];
 
 impl Manifest {
     /// Parses and validates manifest YAML.
@@ -106,10 +115,12 @@ impl Manifest {
             ));
         }
         if let Err(invalid) = self.spec().validate() {
-            // A workload may use a slice defined by another manifest for the same
-            // device; that is checked on the composed spec instead.
+            // A workload may use (or allow traffic from) a slice defined by
+            // another manifest for the same device; that is checked on the
+            // composed spec instead.
             for p in invalid.0 {
-                if p.path.ends_with(".slice") && p.message.starts_with("unknown slice") {
+                let names_a_slice = p.path.ends_with(".slice") || p.path.ends_with(".from_slice");
+                if names_a_slice && p.message.starts_with("unknown slice") {
                     continue;
                 }
                 out.push(format!("{prefix}: {p}"));
