@@ -17,13 +17,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::iperf::{iperf3, measure, SECONDS};
-use common::workload::{configure_far_end, Workload};
+use common::iperf::{iperf3, measure, slice_paths, SECONDS};
 use common::{in_fresh_netns, Netns};
 use mecvisor_protocol::{QosSpec, QosTier, SliceSpec};
 use network_slicing::isolation::Ruleset;
@@ -391,35 +389,9 @@ fn accuracy_benchmark() {
                 })
             })
             .collect();
-        let server = |vlan: u16| Ipv4Addr::new(10, 61, vlan as u8, 2);
-        let (far, far_ns) = Workload::start(Ipv4Addr::UNSPECIFIED);
-        let paths: Vec<common::iperf::Path> = rt.block_on(async {
-            ns.slicer(BTreeMap::from([("up0".to_string(), 10_000_000)]))
-                .apply(&slices)
-                .await
-                .expect("apply");
-            ns.move_into("up0p", &far_ns).await;
-            let mut paths = Vec::new();
-            for s in &slices {
-                let bridge = link_name(&s.name, Role::Bridge);
-                let client = Ipv4Addr::new(10, 61, s.vlan_id as u8, 11);
-                let gateway = Ipv4Addr::new(10, 61, s.vlan_id as u8, 1);
-                let workload = ns
-                    .add_workload(&format!("w{}", s.vlan_id), &bridge, client, gateway)
-                    .await;
-                paths.push(common::iperf::Path {
-                    client: workload,
-                    server: server(s.vlan_id),
-                });
-            }
-            paths
-        });
-        let vlans: Vec<(u16, Ipv4Addr)> = slices
-            .iter()
-            .map(|s| (s.vlan_id, server(s.vlan_id)))
-            .collect();
-        far.run(move || configure_far_end("up0p", vlans));
-        for (mbit, path) in rates.iter().zip(&paths) {
+        let (far, paths) = slice_paths(ns, rt, &slices, 10_000_000, 61);
+        for mbit in rates {
+            let path = &paths[&format!("pir{mbit}")];
             for reverse in [false, true] {
                 let goodput = measure(&iperf3, &far, path, 5301, reverse, SECONDS)
                     .join()

@@ -10,13 +10,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
-use common::iperf::{iperf3, measure, Path, SECONDS};
-use common::workload::{configure_far_end, Workload};
+use common::iperf::{iperf3, measure, slice_paths, SECONDS};
 use common::{in_fresh_netns, missing_prerequisite};
 use mecvisor_protocol::{QosSpec, SliceSpec};
-use network_slicing::names::{link_name, Role};
 use network_slicing::Slice;
 
 fn slice(name: &str, vlan: u16, cir: u64, pir: u64, priority: u8) -> Slice {
@@ -42,8 +39,7 @@ fn iperf3_goodput_follows_pir_and_gold_keeps_its_cir() {
         return;
     }
     in_fresh_netns(move |ns, rt| {
-        if !rt.block_on(ns.vlan_supported()) {
-            eprintln!("SKIPPED {test}: this kernel has no 802.1Q VLAN links (8021q); the hil suite runs it inside the emulated edge boxes");
+        if rt.block_on(ns.skip_without_vlans(test)) {
             return;
         }
         let Some(iperf3) = iperf3() else {
@@ -55,39 +51,7 @@ fn iperf3_goodput_follows_pir_and_gold_keeps_its_cir() {
             slice("gold", 30, 30_000, 50_000, 1),
             slice("bronze", 40, 5_000, 50_000, 5),
         ];
-        let (far, far_ns) = Workload::start(Ipv4Addr::UNSPECIFIED);
-        let server = |vlan: u16| Ipv4Addr::new(10, 60, vlan as u8, 2);
-        let paths: BTreeMap<String, Path> = rt.block_on(async {
-            let report = ns
-                .slicer(BTreeMap::from([("up0".to_string(), 1_000_000)]))
-                .apply(&slices)
-                .await
-                .expect("apply the slices");
-            assert!(!report.changes.is_empty());
-            ns.move_into("up0p", &far_ns).await;
-            let mut paths = BTreeMap::new();
-            for s in &slices {
-                let bridge = link_name(&s.name, Role::Bridge);
-                let client = Ipv4Addr::new(10, 60, s.vlan_id as u8, 11);
-                let gateway = Ipv4Addr::new(10, 60, s.vlan_id as u8, 1);
-                let workload = ns
-                    .add_workload(&format!("w{}", s.vlan_id), &bridge, client, gateway)
-                    .await;
-                paths.insert(
-                    s.name.clone(),
-                    Path {
-                        client: workload,
-                        server: server(s.vlan_id),
-                    },
-                );
-            }
-            paths
-        });
-        let vlans: Vec<(u16, Ipv4Addr)> = slices
-            .iter()
-            .map(|s| (s.vlan_id, server(s.vlan_id)))
-            .collect();
-        far.run(move || configure_far_end("up0p", vlans));
+        let (far, paths) = slice_paths(ns, rt, &slices, 1_000_000, 60);
 
         let mut failures = Vec::new();
         for (name, pir) in [("ten", 10.0), ("hundred", 100.0)] {

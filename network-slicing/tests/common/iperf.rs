@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::workload::Workload;
+use std::collections::BTreeMap;
+
+use super::workload::{configure_far_end, Workload};
 
 /// Seconds per measurement, after one omitted second of TCP slow start.
 pub const SECONDS: u32 = 4;
@@ -108,4 +110,51 @@ pub fn measure(
         let _ = daemon.wait();
         mbit
     })
+}
+
+/// The paths of applied `slices` (on up0, with `capacity_kbit`): per slice
+/// a workload `10.<net>.<vlan>.11` behind the slice's bridge and a server
+/// address `10.<net>.<vlan>.2` on the slice's VLAN at up0's far end, which
+/// moves into the returned workload's namespace.
+pub fn slice_paths(
+    ns: &super::Netns,
+    rt: &tokio::runtime::Runtime,
+    slices: &[network_slicing::Slice],
+    capacity_kbit: u64,
+    net: u8,
+) -> (Workload, BTreeMap<String, Path>) {
+    use network_slicing::names::{link_name, Role};
+    let address = |vlan: u16, host: u8| Ipv4Addr::new(10, net, vlan as u8, host);
+    let (far, far_ns) = Workload::start(Ipv4Addr::UNSPECIFIED);
+    let paths = rt.block_on(async {
+        let report = ns
+            .slicer(BTreeMap::from([("up0".to_string(), capacity_kbit)]))
+            .apply(slices)
+            .await
+            .expect("apply the slices");
+        assert!(!report.changes.is_empty());
+        ns.move_into("up0p", &far_ns).await;
+        let mut paths = BTreeMap::new();
+        for s in slices {
+            let bridge = link_name(&s.name, Role::Bridge);
+            let port = format!("w{}", s.vlan_id);
+            let client = ns
+                .add_workload(
+                    &port,
+                    &bridge,
+                    address(s.vlan_id, 11),
+                    address(s.vlan_id, 1),
+                )
+                .await;
+            let server = address(s.vlan_id, 2);
+            paths.insert(s.name.clone(), Path { client, server });
+        }
+        paths
+    });
+    let vlans: Vec<(u16, Ipv4Addr)> = slices
+        .iter()
+        .map(|s| (s.vlan_id, address(s.vlan_id, 2)))
+        .collect();
+    far.run(move || configure_far_end("up0p", vlans));
+    (far, paths)
 }

@@ -136,6 +136,19 @@ impl Netns {
         self.links().await.into_iter().map(|l| l.name).collect()
     }
 
+    /// Prints why `test` skips and returns true when the kernel cannot make
+    /// VLAN links.
+    pub async fn skip_without_vlans(&self, test: &str) -> bool {
+        let missing = !self.vlan_supported().await;
+        if missing {
+            eprintln!(
+                "SKIPPED {test}: this kernel has no 802.1Q VLAN links (8021q); \
+                 the hil suite runs it inside the emulated edge boxes"
+            );
+        }
+        missing
+    }
+
     /// Whether the kernel can make 802.1Q VLAN links (this development
     /// host's kernel cannot; the emulated edge boxes can).
     pub async fn vlan_supported(&self) -> bool {
@@ -175,18 +188,8 @@ impl Netns {
 
     /// The MAC address of a link.
     pub async fn mac(&self, name: &str) -> [u8; 6] {
-        use futures_util::TryStreamExt;
-        let message = self
-            .handle
-            .link()
-            .get()
-            .match_name(name)
-            .execute()
-            .try_next()
+        link_message(&self.handle, name)
             .await
-            .expect("get link")
-            .expect("link exists");
-        message
             .attributes
             .iter()
             .find_map(|a| match a {
@@ -197,4 +200,32 @@ impl Netns {
             })
             .expect("link has a MAC address")
     }
+}
+
+/// The link called `name`, through `handle` (in whichever namespace that
+/// connection lives).
+pub async fn link_message(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> netlink_packet_route::link::LinkMessage {
+    use futures_util::TryStreamExt;
+    handle
+        .link()
+        .get()
+        .match_name(name)
+        .execute()
+        .try_next()
+        .await
+        .expect("get link")
+        .expect("link exists")
+}
+
+/// Sets link `index` up through `handle`.
+pub async fn set_link_up(handle: &rtnetlink::Handle, index: u32) {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .expect("set link up");
 }

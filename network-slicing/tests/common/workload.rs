@@ -13,7 +13,6 @@ use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::Netns;
@@ -144,21 +143,8 @@ fn configure(address: Ipv4Addr, gateway: Ipv4Addr) {
         let (connection, handle, _) = rtnetlink::new_connection().expect("netlink");
         tokio::spawn(connection);
         for name in ["lo", "eth0"] {
-            let link = handle
-                .link()
-                .get()
-                .match_name(name)
-                .execute()
-                .try_next()
-                .await
-                .expect("get link")
-                .expect("link exists");
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(link.header.index).up().build())
-                .execute()
-                .await
-                .expect("up");
+            let link = super::link_message(&handle, name).await;
+            super::set_link_up(&handle, link.header.index).await;
             if name == "eth0" {
                 handle
                     .address()
@@ -271,30 +257,11 @@ pub fn configure_far_end(link: &'static str, vlans: Vec<(u16, Ipv4Addr)>) {
         tokio::spawn(connection);
         let index_of = |name: String| {
             let handle = handle.clone();
-            async move {
-                handle
-                    .link()
-                    .get()
-                    .match_name(name)
-                    .execute()
-                    .try_next()
-                    .await
-                    .expect("get link")
-                    .expect("link exists")
-                    .header
-                    .index
-            }
+            async move { super::link_message(&handle, &name).await.header.index }
         };
         let up = |index: u32| {
             let handle = handle.clone();
-            async move {
-                handle
-                    .link()
-                    .set(LinkUnspec::new_with_index(index).up().build())
-                    .execute()
-                    .await
-                    .expect("up");
-            }
+            async move { super::set_link_up(&handle, index).await }
         };
         up(index_of("lo".into()).await).await;
         let parent = index_of(link.into()).await;
