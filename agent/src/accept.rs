@@ -193,6 +193,7 @@ mod tests {
                     ..Default::default()
                 },
                 subnet: None,
+                gateway: None,
             }],
             workloads: vec![],
         };

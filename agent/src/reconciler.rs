@@ -572,6 +572,7 @@ mod tests {
             uplink: "eth0".into(),
             qos: QosSpec::default(),
             subnet: None,
+            gateway: None,
         }
     }
 

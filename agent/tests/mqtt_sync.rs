@@ -63,6 +63,7 @@ fn desired(generation: u64) -> DesiredState {
                 ..Default::default()
             },
             subnet: None,
+            gateway: None,
         }],
         workloads: vec![WorkloadSpec {
             name: "camera".into(),

@@ -31,7 +31,7 @@ fn aarch64_box_runs_the_network_slicing_netns_tests() {
 /// `BOX_TESTS`) and how many tests each must pass there.
 const BOX_TESTS: &[(&str, usize)] = &[
     ("netns_apply", 5),
-    ("shaping", 1),
+    ("shaping", 2),
     ("isolation", 1),
     ("shaping_accuracy", 1),
 ];

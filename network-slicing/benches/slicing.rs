@@ -59,6 +59,7 @@ fn main() {
                     ..Default::default()
                 },
                 subnet: None,
+                gateway: None,
             })
         })
         .collect();
@@ -384,8 +385,10 @@ fn accuracy_benchmark() {
                         cir_kbit: Some(mbit * 500),
                         pir_kbit: Some(mbit * 1000),
                         priority: Some(3),
+                        burst_bytes: None,
                     },
                     subnet: None,
+                    gateway: None,
                 })
             })
             .collect();

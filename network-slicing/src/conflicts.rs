@@ -340,6 +340,7 @@ mod tests {
                 priority: 4,
             },
             subnet: subnet.map(str::to_string),
+            gateway: None,
         }
     }
 

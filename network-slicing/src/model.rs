@@ -36,13 +36,17 @@ const FRAME: u32 = 1_514;
 
 impl Rates {
     /// Resolves a QoS spec: explicit values win, the tier fills the rest;
-    /// burst covers 10 ms at the PIR, quantum 1/10 s of the CIR (clamped).
+    /// burst covers 10 ms at the PIR unless given, quantum 1/10 s of the
+    /// CIR (clamped).
     pub fn resolve(qos: &QosSpec) -> Rates {
         let (tier_cir, tier_pir, tier_priority) = qos.tier.map(tier_defaults).unwrap_or((0, 0, 4));
         let cir_kbit = qos.cir_kbit.unwrap_or(tier_cir).max(1);
         let pir_kbit = qos.pir_kbit.unwrap_or(tier_pir).max(cir_kbit);
         let bytes_per_s = |kbit: u64| kbit.saturating_mul(1000) / 8;
-        let burst = (bytes_per_s(pir_kbit) / 100).clamp(u64::from(FRAME) * 10, u64::from(u32::MAX));
+        let burst = match qos.burst_bytes {
+            Some(explicit) => u64::from(explicit.max(FRAME)),
+            None => (bytes_per_s(pir_kbit) / 100).clamp(u64::from(FRAME) * 10, u64::from(u32::MAX)),
+        };
         let quantum = (bytes_per_s(cir_kbit) / 10).clamp(u64::from(FRAME), u64::from(MAX_QUANTUM));
         Rates {
             cir_kbit,
@@ -67,6 +71,9 @@ pub struct Slice {
     pub rates: Rates,
     /// IPv4 subnet of the slice, as `a.b.c.d/n`.
     pub subnet: Option<String>,
+    /// The gateway address and the subnet's prefix length, set on the
+    /// slice's bridge.
+    pub gateway: Option<(Ipv4Addr, u8)>,
 }
 
 impl Slice {
@@ -78,8 +85,16 @@ impl Slice {
             uplink: spec.uplink.clone(),
             rates: Rates::resolve(&spec.qos),
             subnet: spec.subnet.clone(),
+            gateway: gateway_of(spec),
         }
     }
+}
+
+/// The gateway of a validated spec with its subnet's prefix length.
+fn gateway_of(spec: &SliceSpec) -> Option<(Ipv4Addr, u8)> {
+    let address = spec.gateway.as_deref()?.parse().ok()?;
+    let subnet = mecvisor_protocol::validate::Ipv4Net::parse(spec.subnet.as_deref()?).ok()?;
+    Some((address, subnet.prefix))
 }
 
 /// A workload's port in a slice: the host end of a container's veth or a
@@ -110,6 +125,7 @@ mod tests {
             cir_kbit: Some(1_000),
             pir_kbit: None,
             priority: None,
+            burst_bytes: None,
         };
         let rates = Rates::resolve(&qos);
         assert_eq!(
@@ -134,6 +150,7 @@ mod tests {
             cir_kbit: Some(64),
             pir_kbit: Some(32),
             priority: Some(9),
+            burst_bytes: None,
         };
         let rates = Rates::resolve(&qos);
         assert_eq!(rates.pir_kbit, 64);

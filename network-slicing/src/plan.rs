@@ -77,6 +77,26 @@ pub enum Action {
         /// Link name.
         name: String,
     },
+    /// Give a slice's bridge its gateway address.
+    AddAddress {
+        /// Bridge name.
+        name: String,
+        /// The address.
+        address: std::net::Ipv4Addr,
+        /// Prefix length.
+        prefix: u8,
+        /// The slice.
+        slice: String,
+    },
+    /// Take an address the slice does not want off its bridge.
+    RemoveAddress {
+        /// Bridge name.
+        name: String,
+        /// The address.
+        address: std::net::Ipv4Addr,
+        /// Prefix length.
+        prefix: u8,
+    },
 }
 
 impl fmt::Display for Action {
@@ -112,6 +132,20 @@ impl fmt::Display for Action {
                 role.owner_kind()
             ),
             Action::Up { name } => write!(f, "set {name} up"),
+            Action::AddAddress {
+                name,
+                address,
+                prefix,
+                slice,
+            } => write!(
+                f,
+                "add address {address}/{prefix} to {name} (gateway of slice {slice})"
+            ),
+            Action::RemoveAddress {
+                name,
+                address,
+                prefix,
+            } => write!(f, "remove address {address}/{prefix} from {name}"),
         }
     }
 }
@@ -320,6 +354,47 @@ pub fn plan(desired: &[Slice], ports: &[Port], observed: &[Link]) -> Vec<Action>
         .collect()
 }
 
+/// The address changes that give each desired slice's bridge exactly its
+/// gateway address (none without one): removals first. Bridges that do not
+/// exist yet are skipped (planned again once they do).
+pub fn plan_addresses(
+    desired: &[Slice],
+    links: &[Link],
+    addresses: &[(u32, std::net::Ipv4Addr, u8)],
+) -> Vec<Action> {
+    let mut removes = Vec::new();
+    let mut adds = Vec::new();
+    for slice in desired {
+        let name = link_name(&slice.name, Role::Bridge);
+        let Some(bridge) = links.iter().find(|l| l.name == name && l.is_ours()) else {
+            continue;
+        };
+        let present: Vec<(std::net::Ipv4Addr, u8)> = addresses
+            .iter()
+            .filter(|(index, _, _)| *index == bridge.index)
+            .map(|(_, address, prefix)| (*address, *prefix))
+            .collect();
+        for (address, prefix) in &present {
+            if slice.gateway != Some((*address, *prefix)) {
+                removes.push(Action::RemoveAddress {
+                    name: name.clone(),
+                    address: *address,
+                    prefix: *prefix,
+                });
+            }
+        }
+        if let Some((address, prefix)) = slice.gateway.filter(|g| !present.contains(g)) {
+            adds.push(Action::AddAddress {
+                name: name.clone(),
+                address,
+                prefix,
+                slice: slice.name.clone(),
+            });
+        }
+    }
+    removes.into_iter().chain(adds).collect()
+}
+
 fn label(name: &str, slice: &str, role: Role) -> Action {
     Action::Label {
         name: name.to_string(),
@@ -344,6 +419,7 @@ mod tests {
                 ..Default::default()
             }),
             subnet: None,
+            gateway: None,
         }
     }
 
@@ -544,5 +620,31 @@ mod tests {
         observed[cam].controller = Some(10);
         observed.pop();
         assert_eq!(plan(&[slice("video", 100)], &[port], &observed), vec![]);
+    }
+
+    #[test]
+    fn a_bridge_gets_exactly_its_gateway_address() {
+        let mut observed = vec![uplink()];
+        observed.extend(applied("video", 100, 10));
+        let mut video = slice("video", 100);
+        video.gateway = Some(("10.20.0.1".parse().expect("address"), 24));
+        let stale = (10, "10.99.0.1".parse().expect("address"), 24);
+        let text: Vec<String> = plan_addresses(std::slice::from_ref(&video), &observed, &[stale])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            text,
+            vec![
+                "remove address 10.99.0.1/24 from mvb3d3f2a12"
+                    .replace("mvb3d3f2a12", &link_name("video", Role::Bridge)),
+                format!(
+                    "add address 10.20.0.1/24 to {} (gateway of slice video)",
+                    link_name("video", Role::Bridge)
+                ),
+            ]
+        );
+        let done = (10, "10.20.0.1".parse().expect("address"), 24);
+        assert_eq!(plan_addresses(&[video], &observed, &[done]), vec![]);
     }
 }

@@ -12,7 +12,7 @@ use crate::isolation::{self, IsolationError, NfTables, Ruleset};
 use crate::kernel::{Kernel, KernelError, Link};
 use crate::model::{Port, Slice};
 use crate::names::alias;
-use crate::plan::{plan, Action};
+use crate::plan::{plan, plan_addresses, Action};
 use crate::shaping::{self, DeviceTc, TcAction};
 
 /// Why an apply did not happen or did not finish.
@@ -117,6 +117,20 @@ impl Slicer {
         let mut report = ApplyReport::default();
 
         for action in plan(desired, ports, &links) {
+            if let Err(source) = self.run(&action, &mut created.links).await {
+                return Err(self.failed(action.to_string(), source, &created).await);
+            }
+            info!(%action, "slice change");
+            report.changes.push(action.to_string());
+        }
+
+        let links = self.kernel.links().await.map_err(SlicerError::Read)?;
+        let addresses = self
+            .kernel
+            .ipv4_addresses()
+            .await
+            .map_err(SlicerError::Read)?;
+        for action in plan_addresses(desired, &links, &addresses) {
             if let Err(source) = self.run(&action, &mut created.links).await {
                 return Err(self.failed(action.to_string(), source, &created).await);
             }
@@ -234,6 +248,27 @@ impl Slicer {
                 let index = self.kernel.index_of(name).await?;
                 let controller = self.kernel.index_of(bridge).await?;
                 self.kernel.attach(index, controller, &what).await
+            }
+            Action::AddAddress {
+                name,
+                address,
+                prefix,
+                ..
+            } => {
+                let index = self.kernel.index_of(name).await?;
+                self.kernel
+                    .add_address(index, *address, *prefix, &what)
+                    .await
+            }
+            Action::RemoveAddress {
+                name,
+                address,
+                prefix,
+            } => {
+                let index = self.kernel.index_of(name).await?;
+                self.kernel
+                    .remove_address(index, *address, *prefix, &what)
+                    .await
             }
             Action::Up { name } => {
                 let index = self.kernel.index_of(name).await?;

@@ -24,6 +24,10 @@ fn slice(name: &str, vlan: u16, uplink: &str, subnet: Option<&str>) -> Slice {
             ..Default::default()
         },
         subnet: subnet.map(str::to_string),
+        // The first host address of the subnet, e.g. 10.20.0.1.
+        gateway: subnet
+            .and_then(|s| s.split_once(".0/"))
+            .map(|(net, _)| format!("{net}.1")),
     })
 }
 
@@ -127,13 +131,26 @@ fn apply_is_idempotent_collects_garbage_and_spares_foreign_links() {
             // Links: 6 per slice (bridge, VLAN link, two labels, attach,
             // up) and 3 for up0's ifb; tc: 5 each on up0 and the ifb (root
             // qdisc, uplink class, two slice classes, classifier), clsact
-            // and redirect on up0; one nftables transaction.
-            assert_eq!(first.changes.len(), 15 + 12 + 1, "{:#?}", first.changes);
+            // and redirect on up0; one nftables transaction. Plus
+            // video's gateway address on its bridge.
+            assert_eq!(first.changes.len(), 15 + 1 + 12 + 1, "{:#?}", first.changes);
             let second = slicer.apply(&two).await.expect("second apply");
             assert_eq!(
                 second.changes,
                 Vec::<String>::new(),
                 "re-apply changed things"
+            );
+
+            let video_bridge = ns.index(&link_name("video", Role::Bridge)).await;
+            let addresses = ns.kernel.ipv4_addresses().await.expect("addresses");
+            let on_bridge: Vec<_> = addresses
+                .iter()
+                .filter(|(i, _, _)| *i == video_bridge)
+                .collect();
+            assert_eq!(
+                on_bridge,
+                vec![&(video_bridge, std::net::Ipv4Addr::new(10, 20, 0, 1), 24)],
+                "video's gateway on its bridge"
             );
 
             let links = ns.links().await;

@@ -28,6 +28,7 @@ fn slice(name: &str, vlan: u16, tier: QosTier, cir: Option<u64>) -> Slice {
             ..Default::default()
         },
         subnet: None,
+        gateway: None,
     })
 }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use common::iperf::{iperf3, measure, slice_paths, SECONDS};
 use common::{in_fresh_netns, missing_prerequisite};
 use mecvisor_protocol::{QosSpec, SliceSpec};
-use network_slicing::Slice;
+use network_slicing::{Port, Slice};
 
 fn slice(name: &str, vlan: u16, cir: u64, pir: u64, priority: u8) -> Slice {
     Slice::from_spec(&SliceSpec {
@@ -26,8 +26,10 @@ fn slice(name: &str, vlan: u16, cir: u64, pir: u64, priority: u8) -> Slice {
             cir_kbit: Some(cir),
             pir_kbit: Some(pir),
             priority: Some(priority),
+            burst_bytes: None,
         },
         subnet: None,
+        gateway: None,
     })
 }
 
@@ -69,10 +71,21 @@ fn iperf3_goodput_follows_pir_and_gold_keeps_its_cir() {
                 }
             }
         }
-        // The uplink carries 50 Mbit/s: both slices send at once.
+        // The uplink carries 50 Mbit/s (the workloads' ports stay in their
+        // slices: the slicer lets go of undeclared links in its bridges).
+        let ports: Vec<Port> = slices[2..]
+            .iter()
+            .map(|s| Port {
+                name: paths[&s.name].port.clone(),
+                slice: s.name.clone(),
+                address: None,
+                allow: vec![],
+                limit: None,
+            })
+            .collect();
         rt.block_on(async {
             ns.slicer(BTreeMap::from([("up0".to_string(), 50_000)]))
-                .apply(&slices[2..])
+                .apply_with_ports(&slices[2..], &ports)
                 .await
                 .expect("apply gold and bronze on a 50 Mbit/s uplink")
         });

@@ -61,6 +61,11 @@ pub struct SliceSpec {
     #[n(4)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
+    /// The slice's gateway address in its subnet (set on the slice's
+    /// bridge), e.g. `10.20.0.1`; needs `subnet`.
+    #[n(5)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// Service tiers as operators name them; each maps to default rates.
@@ -99,6 +104,11 @@ pub struct QosSpec {
     #[n(3)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// Burst in bytes sent at line rate above the rates (default: 10 ms
+    /// at the PIR, at least ten full frames).
+    #[n(4)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_bytes: Option<u32>,
 }
 
 /// One workload: a container or a VM, with resources and a restart policy.

@@ -304,6 +304,34 @@ fn slice_problems(slice: &SliceSpec, at: &dyn Fn(&str) -> String, out: &mut Vec<
     if let Some(subnet) = &slice.subnet {
         push(out, at("subnet"), Ipv4Net::parse(subnet).map(|_| ()));
     }
+    if let Some(gateway) = &slice.gateway {
+        push(
+            out,
+            at("gateway"),
+            check_gateway(gateway, slice.subnet.as_deref()),
+        );
+    }
+}
+
+/// A gateway is a host address inside the slice's subnet.
+fn check_gateway(gateway: &str, subnet: Option<&str>) -> Result<(), String> {
+    let address: std::net::Ipv4Addr = gateway
+        .parse()
+        .map_err(|_| format!("{gateway:?} is not an IPv4 address"))?;
+    let subnet = subnet.ok_or("a gateway needs the slice's subnet")?;
+    let net = Ipv4Net::parse(subnet).map_err(|_| "the subnet is invalid".to_string())?;
+    let host = Ipv4Net::parse(&format!("{address}/32")).map_err(|e| e.to_string())?;
+    let size = 1u64 << (32 - u32::from(net.prefix));
+    let offset = u64::from(u32::from(address)).wrapping_sub(u64::from(u32::from(net.addr)));
+    if !net.overlaps(&host) {
+        return Err(format!("{gateway} is outside the subnet {subnet}"));
+    }
+    if net.prefix < 31 && (offset == 0 || offset == size - 1) {
+        return Err(format!(
+            "{gateway} is the network or broadcast address of {subnet}"
+        ));
+    }
+    Ok(())
 }
 
 fn qos_problems(qos: &QosSpec, at: &dyn Fn(&str) -> String, out: &mut Vec<Problem>) {
@@ -331,6 +359,15 @@ fn qos_problems(qos: &QosSpec, at: &dyn Fn(&str) -> String, out: &mut Vec<Proble
         out.push(Problem {
             path: at("qos.priority"),
             message: "priority must be 0..=7".into(),
+        });
+    }
+    if qos
+        .burst_bytes
+        .is_some_and(|b| !(1_514..=100_000_000).contains(&b))
+    {
+        out.push(Problem {
+            path: at("qos.burst_bytes"),
+            message: "burst must be 1514 (one frame) to 100000000 bytes".into(),
         });
     }
 }

@@ -56,6 +56,8 @@ struct SliceSpecV2 {
     #[n(4)]
     subnet: Option<String>,
     #[n(5)]
+    gateway: Option<String>,
+    #[n(6)]
     mtu: Option<u32>,
 }
 
@@ -67,6 +69,7 @@ fn old_reader_skips_fields_added_later() {
         uplink: "eth0".into(),
         qos: QosSpec::default(),
         subnet: None,
+        gateway: None,
         mtu: Some(9000),
     };
     let old: SliceSpec = decode(&encode(&newer)).expect("old reader decodes newer slice");
@@ -145,11 +148,13 @@ fn mutated_documents_never_panic() {
 
 #[test]
 fn deeply_nested_unknown_field_does_not_overflow_the_stack() {
-    // A SliceSpec-shaped array whose unknown 6th element nests 500k arrays.
+    // A SliceSpec-shaped array whose unknown 7th element nests 500k arrays.
     let mut bytes = encode(&common::sample_spec().slices[0]);
-    // Patch the array header from 5 elements (0x85) to 6 and append the bomb.
+    // Patch the array header from 5 elements (0x85; no gateway) to 7, add a
+    // null gateway and the bomb.
     assert_eq!(bytes[0], 0x85);
-    bytes[0] = 0x86;
+    bytes[0] = 0x87;
+    bytes.push(0xf6);
     bytes.extend(std::iter::repeat_n(0x81u8, 500_000));
     bytes.push(0x00);
     // Reaching the assertion at all is the point (a stack overflow aborts the

@@ -185,3 +185,38 @@ fn allow_rules_and_port_qos_are_checked() {
         "{found:#?}"
     );
 }
+
+#[test]
+fn gateways_sit_inside_their_subnet_and_bursts_hold_a_frame() {
+    let mut spec = common::sample_spec();
+    spec.slices[0].gateway = Some("10.100.0.1".into());
+    assert_eq!(problems(&spec), Vec::<String>::new());
+    spec.slices[0].gateway = Some("10.101.0.1".into());
+    spec.slices[1].gateway = Some("10.200.0.1".into());
+    spec.slices[1].qos.burst_bytes = Some(100);
+    let found = problems(&spec);
+    for expected in [
+        "slices[0].gateway: 10.101.0.1 is outside the subnet 10.100.0.0/24",
+        "slices[1].gateway: a gateway needs the slice's subnet",
+        "slices[1].qos.burst_bytes: burst must be 1514 (one frame) to 100000000 bytes",
+    ] {
+        assert!(
+            found.iter().any(|p| p == expected),
+            "missing {expected:?} in {found:#?}"
+        );
+    }
+    spec.slices[1].gateway = None;
+    spec.slices[1].qos.burst_bytes = None;
+    for (gateway, why) in [
+        ("10.100.0.0", "is the network or broadcast address"),
+        ("10.100.0.255", "is the network or broadcast address"),
+        ("ten", "is not an IPv4 address"),
+    ] {
+        spec.slices[0].gateway = Some(gateway.into());
+        let found = problems(&spec);
+        assert!(
+            found.iter().any(|p| p.contains(why)),
+            "{gateway}: {found:#?}"
+        );
+    }
+}

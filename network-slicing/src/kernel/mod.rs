@@ -152,6 +152,49 @@ impl Kernel {
         self.set(message, what).await
     }
 
+    /// Adds `address`/`prefix` to link `index`.
+    pub async fn add_address(
+        &self,
+        index: u32,
+        address: std::net::Ipv4Addr,
+        prefix: u8,
+        what: &str,
+    ) -> Result<(), KernelError> {
+        let request = self
+            .handle
+            .address()
+            .add(index, std::net::IpAddr::V4(address), prefix)
+            .execute();
+        request.await.map_err(refused(what))
+    }
+
+    /// Removes `address`/`prefix` from link `index` (nothing if absent).
+    pub async fn remove_address(
+        &self,
+        index: u32,
+        address: std::net::Ipv4Addr,
+        prefix: u8,
+        what: &str,
+    ) -> Result<(), KernelError> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(message) = stream.try_next().await.map_err(refused(what))? {
+            let matches = message.header.prefix_len == prefix
+                && message.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Address(std::net::IpAddr::V4(v4)) if *v4 == address)
+                });
+            if matches {
+                let request = self.handle.address().del(message).execute();
+                return request.await.map_err(refused(what));
+            }
+        }
+        Ok(())
+    }
+
     /// Releases link `index` from its bridge.
     pub async fn detach(&self, index: u32, what: &str) -> Result<(), KernelError> {
         let message = LinkUnspec::new_with_index(index).nocontroller().build();

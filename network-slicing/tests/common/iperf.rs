@@ -38,6 +38,8 @@ pub struct Path {
     pub client: Workload,
     /// The server's address at the far end.
     pub server: Ipv4Addr,
+    /// The client's port (its veth end in the slice's bridge).
+    pub port: String,
 }
 
 /// Starts an iperf3 server in `far` on the path's server address and
@@ -147,7 +149,14 @@ pub fn slice_paths(
                 )
                 .await;
             let server = address(s.vlan_id, 2);
-            paths.insert(s.name.clone(), Path { client, server });
+            paths.insert(
+                s.name.clone(),
+                Path {
+                    client,
+                    server,
+                    port,
+                },
+            );
         }
         paths
     });

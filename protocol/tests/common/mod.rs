@@ -16,6 +16,7 @@ pub fn sample_spec() -> DeviceSpec {
                     ..QosSpec::default()
                 },
                 subnet: Some("10.100.0.0/24".into()),
+                gateway: None,
             },
             SliceSpec {
                 name: "iot".into(),
@@ -27,6 +28,7 @@ pub fn sample_spec() -> DeviceSpec {
                     ..QosSpec::default()
                 },
                 subnet: None,
+                gateway: None,
             },
         ],
         workloads: vec![
