@@ -236,17 +236,33 @@ fn make_state_disk(path: &Path) -> Result<(), String> {
 /// Creates an ext4 disk holding the files of `files` (mounted read-only at
 /// /mnt/payload in the box).
 fn make_payload_disk(path: &Path, files: &Path) -> Result<(), String> {
-    let mut bytes = 0u64;
-    for entry in std::fs::read_dir(files).map_err(|e| format!("{}: {e}", files.display()))? {
-        let entry = entry.map_err(|e| e.to_string())?;
-        bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
-    }
+    let bytes = tree_bytes(files)?;
     mkfs(
         path,
         bytes * 2 + (16 << 20),
         "mecvisor-payload",
         Some(files),
     )
+}
+
+/// Disk space the files below `dir` take: each file rounded up to 4 KiB
+/// blocks, plus a block per entry (directories, symlinks, inodes).
+fn tree_bytes(dir: &Path) -> Result<u64, String> {
+    let mut bytes = 0u64;
+    for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let meta = entry
+            .path()
+            .symlink_metadata()
+            .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        bytes += 4096;
+        if meta.is_dir() {
+            bytes += tree_bytes(&entry.path())?;
+        } else if meta.is_file() {
+            bytes += meta.len().next_multiple_of(4096);
+        }
+    }
+    Ok(bytes)
 }
 
 fn mkfs(path: &Path, size: u64, label: &str, files: Option<&Path>) -> Result<(), String> {

@@ -38,6 +38,14 @@ fn measure(table: &mut Table) -> Result<()> {
     }
     crate::debian::ensure_packages(crate::hil::HOST_PACKAGES, false)?;
     images::build(&ImagesArgs::default())?;
+    // The lab's controller runs from the release build.
+    let bins = crate::bins::build(true)?;
+    let bin_dir = bins
+        .controller
+        .parent()
+        .context("release binary directory")?
+        .to_path_buf();
+    std::env::set_var("MECVISOR_BIN_DIR", &bin_dir);
     let arch = Arch::X86_64;
     let payload = crate::bins::target_dir()
         .join("bench-payload")
@@ -129,6 +137,13 @@ fn report(table: &mut Table, figures: &BTreeMap<String, f64>) -> Result<()> {
                 (0.95..=1.05).contains(&ratio),
             );
         }
+    }
+    for direction in ["egress", "ingress"] {
+        let ceiling = get(&format!("goodput_10000_{direction}"))?;
+        table.info(
+            &format!("iperf3 goodput through a slice shaped at 10 Gbit/s (the box's ceiling), {direction}"),
+            format!("{ceiling:.2} Mbit/s"),
+        );
     }
     table.note(
         "goodput is TCP payload; HTB counts Ethernet frames, so at a 1500-byte MTU payload is \

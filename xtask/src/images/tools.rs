@@ -88,7 +88,10 @@ pub fn unpack_tool(arch: Arch, package: &str, programs: &[&str], payload: &Path)
     Ok(())
 }
 
-/// The shared-library packages (`lib*`) among a `Depends:` field's
+/// Library packages whose names do not start with `lib`.
+const OTHER_LIBRARIES: [&str; 1] = ["zlib1g"];
+
+/// The shared-library packages (`lib*`, zlib) among a `Depends:` field's
 /// first alternatives.
 fn library_depends(depends: &str) -> Vec<String> {
     depends
@@ -96,7 +99,7 @@ fn library_depends(depends: &str) -> Vec<String> {
         .filter_map(|clause| clause.split('|').next())
         .map(|dep| dep.split_whitespace().next().unwrap_or_default())
         .map(|dep| dep.split(':').next().unwrap_or_default().to_string())
-        .filter(|dep| dep.starts_with("lib"))
+        .filter(|dep| dep.starts_with("lib") || OTHER_LIBRARIES.contains(&dep.as_str()))
         .collect()
 }
 
