@@ -35,19 +35,7 @@ pub fn run() -> Result<Table> {
 }
 
 fn measure(table: &mut Table) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(anyhow!("needs root (network namespaces, taps, apt)"));
-    }
-    crate::debian::ensure_packages(crate::hil::HOST_PACKAGES, false)?;
-    images::build(&ImagesArgs::default())?;
-    let bins = crate::bins::build(true)?;
-    let bin_dir = bins
-        .controller
-        .parent()
-        .context("release binary directory")?
-        .to_path_buf();
-    // The lab's controller runs from the release build.
-    std::env::set_var("MECVISOR_BIN_DIR", &bin_dir);
+    prepare_lab()?;
 
     for (arch, box_arch) in [
         (Arch::X86_64, BoxArch::X86_64),
@@ -73,6 +61,24 @@ fn measure(table: &mut Table) -> Result<()> {
         "{BOOTS} boots per architecture: the first cold, the rest hard power cycles; \
          QEMU TCG emulates every instruction, so real boxes boot faster"
     ));
+    Ok(())
+}
+
+/// What a benchmark in the lab needs: root, the host packages, the images,
+/// and the release binaries (the lab's controller runs from them).
+pub(super) fn prepare_lab() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(anyhow!("needs root (network namespaces, taps, apt)"));
+    }
+    crate::debian::ensure_packages(crate::hil::HOST_PACKAGES, false)?;
+    images::build(&ImagesArgs::default())?;
+    let bins = crate::bins::build(true)?;
+    let bin_dir = bins
+        .controller
+        .parent()
+        .context("release binary directory")?
+        .to_path_buf();
+    std::env::set_var("MECVISOR_BIN_DIR", &bin_dir);
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use mecvisor_hil::{missing_prerequisite, Arch as BoxArch, Lab};
 
 use super::table::Table;
 use crate::cross::Arch;
-use crate::images::{self, ImagesArgs};
+use crate::images;
 
 /// TCP payload per full Ethernet frame at a 1500-byte MTU: the share of a
 /// shaped (frame) rate that iperf3 can see as goodput.
@@ -33,22 +33,10 @@ pub fn run() -> Result<Table> {
 }
 
 fn measure(table: &mut Table) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(anyhow!("needs root (network namespaces, taps, apt)"));
-    }
     if let Some(why) = missing_prerequisite(&[BoxArch::X86_64]) {
         return Err(anyhow!(why));
     }
-    crate::debian::ensure_packages(crate::hil::HOST_PACKAGES, false)?;
-    images::build(&ImagesArgs::default())?;
-    // The lab's controller runs from the release build.
-    let bins = crate::bins::build(true)?;
-    let bin_dir = bins
-        .controller
-        .parent()
-        .context("release binary directory")?
-        .to_path_buf();
-    std::env::set_var("MECVISOR_BIN_DIR", &bin_dir);
+    super::lab::prepare_lab()?;
     let arch = Arch::X86_64;
     let payload = crate::bins::target_dir()
         .join("bench-payload")
