@@ -133,8 +133,9 @@ impl Netns {
     }
 }
 
-/// Inside the workload: lo and eth0 up, the address, the default route.
-fn configure(address: Ipv4Addr, gateway: Ipv4Addr) {
+/// Runs `job` with a netlink connection in the calling thread's namespace,
+/// on a runtime of its own (workload threads have none).
+fn with_netlink<F: std::future::Future<Output = ()>>(job: impl FnOnce(rtnetlink::Handle) -> F) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -142,6 +143,13 @@ fn configure(address: Ipv4Addr, gateway: Ipv4Addr) {
     runtime.block_on(async {
         let (connection, handle, _) = rtnetlink::new_connection().expect("netlink");
         tokio::spawn(connection);
+        job(handle).await;
+    });
+}
+
+/// Inside the workload: lo and eth0 up, the address, the default route.
+fn configure(address: Ipv4Addr, gateway: Ipv4Addr) {
+    with_netlink(|handle| async move {
         for name in ["lo", "eth0"] {
             let link = super::link_message(&handle, name).await;
             super::set_link_up(&handle, link.header.index).await;
@@ -248,13 +256,7 @@ fn checksum(bytes: &[u8]) -> u16 {
 /// link `v<vlan>` on it with `address`/24: the far end of an uplink, where
 /// each slice's VLAN arrives.
 pub fn configure_far_end(link: &'static str, vlans: Vec<(u16, Ipv4Addr)>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let (connection, handle, _) = rtnetlink::new_connection().expect("netlink");
-        tokio::spawn(connection);
+    with_netlink(|handle| async move {
         let index_of = |name: String| {
             let handle = handle.clone();
             async move { super::link_message(&handle, &name).await.header.index }
