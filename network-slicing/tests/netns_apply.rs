@@ -394,7 +394,7 @@ fn an_apply_killed_halfway_is_finished_by_the_next() {
                     .await
                     .expect("apply after the kill");
                 eprintln!(
-                    "round {round}: killed after {:?}; {} of {full} changes left to do",
+                    "MEASURED round {round}: killed after {:?}; {} of {full} changes left to do",
                     whole * round / 8,
                     finished.changes.len()
                 );
@@ -416,7 +416,9 @@ fn an_apply_killed_halfway_is_finished_by_the_next() {
                 );
                 assert_eq!(ns.link_names().await, baseline, "round {round}: links left");
             }
-            eprintln!("whole child apply {whole:?}; {partial} of 7 kills landed mid-apply");
+            eprintln!(
+                "MEASURED whole child apply {whole:?}; {partial} of 7 kills landed mid-apply"
+            );
             assert!(partial >= 2, "only {partial} of 7 kills landed mid-apply");
         })
     });
