@@ -1,8 +1,48 @@
-//! Reading raw netlink attributes: the parts of nf_tables and tc messages
+//! Building and reading raw netlink attributes: the parts of nf_tables and tc messages
 //! that no crate in the tree decodes (nf_tables objects, HTB and mirred
 //! options).
 
 const NLA_TYPE_MASK: u16 = 0x3fff;
+/// Flag on a nested attribute's type.
+pub const NLA_F_NESTED: u16 = 0x8000;
+
+/// Netlink attributes being built.
+#[derive(Default)]
+pub struct Attrs(Vec<u8>);
+
+impl Attrs {
+    /// Adds an attribute with raw `value`.
+    pub fn bytes(mut self, kind: u16, value: &[u8]) -> Attrs {
+        let len = 4 + value.len();
+        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.0.extend_from_slice(&kind.to_ne_bytes());
+        self.0.extend_from_slice(value);
+        self.0.resize(self.0.len().next_multiple_of(4), 0);
+        self
+    }
+
+    /// Adds a NUL-terminated string.
+    pub fn string(self, kind: u16, value: &str) -> Attrs {
+        let mut bytes = value.as_bytes().to_vec();
+        bytes.push(0);
+        self.bytes(kind, &bytes)
+    }
+
+    /// Adds a big-endian u32.
+    pub fn be32(self, kind: u16, value: u32) -> Attrs {
+        self.bytes(kind, &value.to_be_bytes())
+    }
+
+    /// Adds a nested attribute.
+    pub fn nest(self, kind: u16, inner: Attrs) -> Attrs {
+        self.bytes(kind | NLA_F_NESTED, &inner.0)
+    }
+
+    /// The encoded attributes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
 
 /// Why bytes from the kernel could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -30,7 +30,6 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
-const NLA_F_NESTED: u16 = 0x8000;
 
 /// `NFPROTO_INET`: IPv4 and IPv6 in one table.
 pub const FAMILY_INET: u8 = 1;
@@ -150,44 +149,6 @@ pub fn ifname(name: &str) -> Vec<u8> {
     let mut bytes = name.as_bytes().to_vec();
     bytes.resize(16, 0);
     bytes
-}
-
-/// Netlink attributes being built.
-#[derive(Default)]
-pub struct Attrs(Vec<u8>);
-
-impl Attrs {
-    /// Adds an attribute with raw `value`.
-    pub fn bytes(mut self, kind: u16, value: &[u8]) -> Attrs {
-        let len = 4 + value.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(value);
-        self.0.resize(self.0.len().next_multiple_of(4), 0);
-        self
-    }
-
-    /// Adds a NUL-terminated string.
-    pub fn string(self, kind: u16, value: &str) -> Attrs {
-        let mut bytes = value.as_bytes().to_vec();
-        bytes.push(0);
-        self.bytes(kind, &bytes)
-    }
-
-    /// Adds a big-endian u32.
-    pub fn be32(self, kind: u16, value: u32) -> Attrs {
-        self.bytes(kind, &value.to_be_bytes())
-    }
-
-    /// Adds a nested attribute.
-    pub fn nest(self, kind: u16, inner: Attrs) -> Attrs {
-        self.bytes(kind | NLA_F_NESTED, &inner.0)
-    }
-
-    /// The encoded attributes.
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.0
-    }
 }
 
 /// The `NFTA_RULE_EXPRESSIONS` payload of `exprs`.
@@ -377,7 +338,7 @@ pub enum Reply {
     },
 }
 
-pub use crate::nla::{attributes, find, text, Malformed};
+pub use crate::nla::{attributes, find, text, Attrs, Malformed};
 
 /// Splits one `recv` buffer into messages.
 pub fn replies(mut buf: &[u8]) -> Result<Vec<Reply>, Malformed> {

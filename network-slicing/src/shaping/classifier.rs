@@ -13,7 +13,7 @@
 //! slice's packets to the uplink's ifb, where an HTB like the egress one
 //! shapes them (the ifb hands them back to the uplink's receive path).
 
-use crate::nla::{attributes, find, Malformed};
+use crate::nla::{attributes, find, Attrs, Malformed, NLA_F_NESTED};
 
 /// `TCA_BPF_ACT`, `TCA_BPF_OPS_LEN`, `TCA_BPF_OPS`.
 pub const TCA_BPF_ACT: u16 = 1;
@@ -27,7 +27,6 @@ const TCA_MIRRED_PARMS: u16 = 2;
 const TC_ACT_STOLEN: i32 = 4;
 /// `TCA_EGRESS_REDIR`.
 const EGRESS_REDIRECT: i32 = 1;
-const NLA_F_NESTED: u16 = 0x8000;
 
 /// Classic BPF ancillary offsets (`SKF_AD_OFF` + `SKF_AD_VLAN_TAG(_PRESENT)`).
 const AD_VLAN_TAG: u32 = 0xffff_f000 + 44;
@@ -82,13 +81,6 @@ pub fn filter_options(major: u16, redirect_to: Option<u32>) -> Vec<(u16, Vec<u8>
     out
 }
 
-fn nla(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    out.extend_from_slice(&((value.len() + 4) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    out.resize(out.len().next_multiple_of(4), 0);
-}
-
 /// The action list: action 1 = mirred egress redirect to `ifindex`.
 fn mirred_actions(ifindex: u32) -> Vec<u8> {
     let mut parms = Vec::with_capacity(28);
@@ -104,14 +96,11 @@ fn mirred_actions(ifindex: u32) -> Vec<u8> {
     ] {
         parms.extend_from_slice(&field.to_ne_bytes());
     }
-    let mut options = Vec::new();
-    nla(&mut options, TCA_MIRRED_PARMS, &parms);
-    let mut action = Vec::new();
-    nla(&mut action, TCA_ACT_KIND, b"mirred\0");
-    nla(&mut action, TCA_ACT_OPTIONS | NLA_F_NESTED, &options);
-    let mut list = Vec::new();
-    nla(&mut list, 1 | NLA_F_NESTED, &action);
-    list
+    let options = Attrs::default().bytes(TCA_MIRRED_PARMS, &parms);
+    let action = Attrs::default()
+        .string(TCA_ACT_KIND, "mirred")
+        .nest(TCA_ACT_OPTIONS, options);
+    Attrs::default().nest(1, action).into_bytes()
 }
 
 /// The interface a filter's actions (`TCA_BPF_ACT` payload) redirect to.

@@ -150,14 +150,12 @@ mod tests {
     use crate::nla::Malformed;
 
     fn options(pairs: &[(u16, Vec<u8>)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (kind, value) in pairs {
-            out.extend_from_slice(&((value.len() + 4) as u16).to_ne_bytes());
-            out.extend_from_slice(&kind.to_ne_bytes());
-            out.extend_from_slice(value);
-            out.resize(out.len().next_multiple_of(4), 0);
-        }
-        out
+        pairs
+            .iter()
+            .fold(crate::nla::Attrs::default(), |a, (kind, value)| {
+                a.bytes(*kind, value)
+            })
+            .into_bytes()
     }
 
     #[test]
