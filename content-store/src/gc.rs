@@ -1,0 +1,115 @@
+//! Garbage collection: everything not reachable from the images still
+//! wanted goes — blobs, unpacked root filesystems, names, and partial
+//! downloads of blobs nobody wants any more.
+
+use std::collections::BTreeSet;
+
+use tracing::info;
+
+use crate::digest::Digest;
+use crate::error::{io, StoreError};
+use crate::manifest::Manifest;
+use crate::store::{parse_reference, ContentStore};
+
+/// What a collection removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Verified blobs deleted.
+    pub blobs_removed: u64,
+    /// Their bytes.
+    pub bytes_freed: u64,
+    /// Unpacked root filesystems deleted.
+    pub rootfs_removed: u64,
+    /// Partial downloads deleted.
+    pub partials_removed: u64,
+    /// Names dropped.
+    pub names_removed: u64,
+}
+
+impl ContentStore {
+    /// Removes everything not reachable from `keep` (image references,
+    /// by tag or digest). Blocking.
+    pub fn gc(&self, keep: &[&str]) -> Result<GcReport, StoreError> {
+        let mut marked = BTreeSet::new();
+        for reference in keep {
+            let parsed = parse_reference(reference)?;
+            let top = match parsed.digest() {
+                Some(d) => d.parse().ok(),
+                None => self
+                    .names()
+                    .into_iter()
+                    .find(|(n, _)| *n == parsed.whole())
+                    .and_then(|(_, d)| d),
+            };
+            if let Some(top) = top {
+                self.mark(reference, &top, &mut marked)?;
+            }
+        }
+        let mut report = GcReport::default();
+        for digest in self.blobs().list().map_err(io("listing blobs"))? {
+            if marked.contains(&digest) {
+                continue;
+            }
+            let path = self.blobs().path(&digest);
+            report.bytes_freed += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            self.blobs()
+                .remove(&digest)
+                .map_err(io(format!("removing blob {digest}")))?;
+            report.blobs_removed += 1;
+        }
+        let images = self.root().join("images");
+        for entry in std::fs::read_dir(&images).map_err(io("listing images/"))? {
+            let entry = entry.map_err(io("listing images/"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let wanted = format!("sha256:{name}")
+                .parse::<Digest>()
+                .is_ok_and(|d| marked.contains(&d));
+            if !wanted {
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(io(format!("removing images/{name}")))?;
+                report.rootfs_removed += 1;
+            }
+        }
+        for (digest, path) in self.blobs().partials().map_err(io("listing ingest/"))? {
+            if !digest.is_some_and(|d| marked.contains(&d)) {
+                std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+                report.partials_removed += 1;
+            }
+        }
+        report.names_removed = self.refs_retain(|d| marked.contains(d))? as u64;
+        info!(
+            blobs = report.blobs_removed,
+            bytes = report.bytes_freed,
+            rootfs = report.rootfs_removed,
+            partials = report.partials_removed,
+            names = report.names_removed,
+            "garbage collected"
+        );
+        Ok(report)
+    }
+
+    /// Marks a manifest and everything below it that is present (the other
+    /// platforms of an index are usually absent, and their partial
+    /// downloads are kept while the index is wanted).
+    fn mark(
+        &self,
+        reference: &str,
+        digest: &Digest,
+        marked: &mut BTreeSet<Digest>,
+    ) -> Result<(), StoreError> {
+        if !marked.insert(digest.clone()) || !self.blobs().has(digest) {
+            return Ok(());
+        }
+        let manifest = self.read_manifest(reference, digest)?;
+        for d in manifest.descriptors() {
+            let Ok(child) = d.digest() else { continue };
+            match &manifest {
+                Manifest::Index(_) => self.mark(reference, &child, marked)?,
+                Manifest::Image { .. } => {
+                    marked.insert(child);
+                }
+            }
+        }
+        Ok(())
+    }
+}

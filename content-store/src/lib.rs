@@ -1,0 +1,38 @@
+//! mecvisor's content store: where container images, kernels and disk
+//! images live on an edge box.
+//!
+//! - [`store`]: [`ContentStore`] — pull by tag or digest, resolve offline,
+//!   unpack root filesystems; [`archive`] imports for air-gapped sites;
+//!   [`gc`] removes what nothing wants.
+//! - [`registry`]: registry access (auth, CA bundle, plain HTTP, timeouts)
+//!   over oci-client, with resumable blob downloads.
+//! - [`blobs`]: verified, content-addressed blobs and partial downloads.
+//! - [`manifest`]: manifests, indexes and image configs, parsed strictly.
+//! - [`unpack`]: applies OCI layer tarballs (plain, gzip, zstd) onto a
+//!   root directory, refusing anything that would escape it.
+
+pub mod archive;
+pub mod blobs;
+pub mod digest;
+mod durable;
+pub mod error;
+pub mod gc;
+pub mod manifest;
+pub mod refs;
+pub mod registry;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use error::StoreError;
+pub use gc::GcReport;
+pub use manifest::{ImageConfig, Platform, RunConfig};
+pub use registry::{RegistryAccess, RegistryOptions};
+pub use store::{ContentStore, Image, StoreOptions};
+
+/// Installs ring as rustls' process-wide crypto provider (reqwest is built
+/// without one, so it must be present before the first TLS connection).
+/// Installing twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,249 @@
+//! Talking to OCI registries (distribution API) through oci-client: which
+//! registries need credentials, a CA bundle or plain HTTP, and timeouts so
+//! a registry that hangs fails the pull instead of stalling the agent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use crate::blobs::{BlobError, Blobs};
+use crate::digest::Digest;
+use crate::manifest::ACCEPTED;
+
+/// How to reach one registry (keyed by `host[:port]` in [`RegistryOptions`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAccess {
+    /// User name for basic auth, also used to obtain bearer tokens.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password or access token.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// PEM file with the CA(s) that sign this registry's certificate, in
+    /// addition to the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Plain HTTP instead of HTTPS (labs and loopback only).
+    #[serde(default)]
+    pub plain_http: bool,
+}
+
+/// Registry settings of a store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryOptions {
+    /// Per registry host (`host[:port]`) access settings.
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryAccess>,
+    /// Connect timeout in seconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Longest wait for any read from a registry, in seconds.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_secs: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+fn default_read_timeout() -> u64 {
+    30
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            registries: BTreeMap::new(),
+            connect_timeout_secs: default_connect_timeout(),
+            read_timeout_secs: default_read_timeout(),
+        }
+    }
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A configured CA file cannot be read.
+    #[error("CA file {path}: {source}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// What the registry (or the connection to it) did wrong.
+    #[error("registry {registry}: {source}")]
+    Distribution {
+        /// `host[:port]`.
+        registry: String,
+        /// oci-client's error.
+        source: oci_client::errors::OciDistributionError,
+    },
+    /// The download broke off.
+    #[error("registry {registry}: download of {digest} broke off after {offset} bytes: {source}")]
+    Stream {
+        /// `host[:port]`.
+        registry: String,
+        /// The blob.
+        digest: Digest,
+        /// Bytes received in all (a retry resumes here).
+        offset: u64,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The blob could not be stored (size or digest mismatch, disk).
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+/// A client for every configured registry.
+pub struct Registries {
+    client: Client,
+    options: RegistryOptions,
+    received: std::cell::Cell<u64>,
+}
+
+impl Registries {
+    /// Builds the client (reads CA files).
+    pub fn new(options: RegistryOptions) -> Result<Registries, RegistryError> {
+        crate::install_crypto_provider();
+        let mut extra_root_certificates = Vec::new();
+        for access in options.registries.values() {
+            if let Some(path) = &access.ca_file {
+                let data = std::fs::read(path).map_err(|source| RegistryError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                extra_root_certificates.push(Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data,
+                });
+            }
+        }
+        let plain: Vec<String> = options
+            .registries
+            .iter()
+            .filter(|(_, a)| a.plain_http)
+            .map(|(host, _)| host.clone())
+            .collect();
+        let config = ClientConfig {
+            protocol: oci_client::client::ClientProtocol::HttpsExcept(plain),
+            extra_root_certificates,
+            connect_timeout: Some(Duration::from_secs(options.connect_timeout_secs)),
+            read_timeout: Some(Duration::from_secs(options.read_timeout_secs)),
+            ..ClientConfig::default()
+        };
+        Ok(Registries {
+            client: Client::new(config),
+            options,
+            received: std::cell::Cell::new(0),
+        })
+    }
+
+    fn auth(&self, reference: &Reference) -> RegistryAuth {
+        let access = self
+            .options
+            .registries
+            .get(reference.registry())
+            .or_else(|| self.options.registries.get(reference.resolve_registry()));
+        match access {
+            Some(RegistryAccess {
+                username: Some(user),
+                password: Some(password),
+                ..
+            }) => RegistryAuth::Basic(user.clone(), password.clone()),
+            _ => RegistryAuth::Anonymous,
+        }
+    }
+
+    fn distribution(
+        reference: &Reference,
+    ) -> impl FnOnce(oci_client::errors::OciDistributionError) -> RegistryError + '_ {
+        move |source| RegistryError::Distribution {
+            registry: reference.registry().to_string(),
+            source,
+        }
+    }
+
+    /// Blob bytes received from registries since this client was made
+    /// (a resumed download counts only what it fetched).
+    pub fn bytes_received(&self) -> u64 {
+        self.received.get()
+    }
+
+    /// Fetches a manifest (by the reference's tag or digest); returns its
+    /// bytes and digest (checked against a pinned digest by oci-client).
+    pub async fn manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<(Vec<u8>, Digest), RegistryError> {
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &self.auth(reference), &ACCEPTED)
+            .await
+            .map_err(Self::distribution(reference))?;
+        let digest = Digest::of(&bytes);
+        debug!(%digest, bytes = bytes.len(), "manifest fetched");
+        Ok((bytes.to_vec(), digest))
+    }
+
+    /// Downloads one blob into the store, resuming a partial download left
+    /// by an earlier attempt (also across agent restarts).
+    pub async fn blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        blobs: &Blobs,
+    ) -> Result<(), RegistryError> {
+        let mut ingest = blobs.ingest(digest)?;
+        let offset = ingest.offset();
+        if offset < size {
+            self.client
+                .store_auth_if_needed(reference.resolve_registry(), &self.auth(reference))
+                .await;
+            let text = digest.to_string();
+            let response = self
+                .client
+                .pull_blob_stream_partial(reference, text.as_str(), offset, None)
+                .await
+                .map_err(Self::distribution(reference))?;
+            let stream = match response {
+                BlobResponse::Partial(stream) => {
+                    info!(%digest, offset, size, "resuming download");
+                    stream
+                }
+                BlobResponse::Full(stream) => {
+                    if offset > 0 {
+                        info!(%digest, offset, "registry ignored the range request; downloading again");
+                        ingest.restart()?;
+                    }
+                    stream
+                }
+            };
+            let mut stream = stream.stream;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|source| RegistryError::Stream {
+                    registry: reference.registry().to_string(),
+                    digest: digest.clone(),
+                    offset: ingest.offset(),
+                    source,
+                })?;
+                ingest.append(&chunk, size)?;
+                self.received.set(self.received.get() + chunk.len() as u64);
+            }
+        }
+        ingest.commit(blobs, size)?;
+        debug!(%digest, size, "blob stored");
+        Ok(())
+    }
+}
