@@ -54,6 +54,87 @@ struct RawConfig {
     timers: RawTimers,
     #[serde(default)]
     slicing: RawSlicing,
+    #[serde(default)]
+    containers: RawContainers,
+    #[serde(default)]
+    content: RawContent,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainers {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_oci_runtime")]
+    runtime: String,
+    #[serde(default)]
+    runtime_root: Option<PathBuf>,
+    #[serde(default = "default_log_max_bytes")]
+    log_max_bytes: u64,
+    #[serde(default = "default_log_files")]
+    log_files: u32,
+    #[serde(default = "default_start_timeout")]
+    start_timeout_s: u64,
+}
+
+impl Default for RawContainers {
+    fn default() -> Self {
+        RawContainers {
+            enabled: yes(),
+            runtime: default_oci_runtime(),
+            runtime_root: None,
+            log_max_bytes: default_log_max_bytes(),
+            log_files: default_log_files(),
+            start_timeout_s: default_start_timeout(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_oci_runtime() -> String {
+    "runc".into()
+}
+fn default_log_max_bytes() -> u64 {
+    1 << 20
+}
+fn default_log_files() -> u32 {
+    3
+}
+fn default_start_timeout() -> u64 {
+    60
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContent {
+    #[serde(default)]
+    dir: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_s: u64,
+    #[serde(default = "default_read_timeout")]
+    read_timeout_s: u64,
+    #[serde(default)]
+    registries: BTreeMap<String, content_store::RegistryAccess>,
+}
+
+impl Default for RawContent {
+    fn default() -> Self {
+        RawContent {
+            dir: None,
+            connect_timeout_s: default_connect_timeout(),
+            read_timeout_s: default_read_timeout(),
+            registries: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_read_timeout() -> u64 {
+    30
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +218,37 @@ pub struct SlicingConfig {
     pub capacity_kbit: BTreeMap<String, u64>,
 }
 
+/// Container runtime settings (`[containers]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainersConfig {
+    /// Whether this agent runs containers (default on; they are reported
+    /// `unsupported`, with the reason, when off or when the OCI runtime is
+    /// missing).
+    pub enabled: bool,
+    /// The OCI runtime: `runc` (default), `crun`, `youki`, or a path.
+    pub runtime: PathBuf,
+    /// The runtime's state directory (`--root`); default
+    /// `/run/mecvisor/<runtime>` (tmpfs: a reboot clears it).
+    pub runtime_root: PathBuf,
+    /// Containers' directories (bundles, logs) and volumes.
+    pub state_dir: PathBuf,
+    /// Rotate a container's log at this size.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept per container.
+    pub log_files: u32,
+    /// Longest wait for a container to start.
+    pub start_timeout_s: u64,
+}
+
+/// Content store settings (`[content]`, `[content.registries."host:port"]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentConfig {
+    /// Where images and artifacts are kept (default `<data_dir>/content`).
+    pub dir: PathBuf,
+    /// Registry access: credentials, CA bundles, plain HTTP, timeouts.
+    pub registries: content_store::RegistryOptions,
+}
+
 /// Validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -158,6 +270,10 @@ pub struct Config {
     pub resync_interval_s: u64,
     /// Network slicing.
     pub slicing: SlicingConfig,
+    /// Containers.
+    pub containers: ContainersConfig,
+    /// Content store.
+    pub content: ContentConfig,
 }
 
 /// Where and how to reach the broker.
@@ -245,6 +361,71 @@ impl Config {
                 ));
             }
         }
+        let c = &raw.containers;
+        if c.runtime.is_empty() {
+            problems.push(
+                "containers.runtime: must name an OCI runtime (runc, crun, youki or a path)".into(),
+            );
+        }
+        if c.log_max_bytes < 4096 {
+            problems.push("containers.log_max_bytes: must be at least 4096".into());
+        }
+        if c.log_files > 64 {
+            problems.push("containers.log_files: at most 64".into());
+        }
+        if c.start_timeout_s == 0 {
+            problems.push("containers.start_timeout_s: must be at least 1".into());
+        }
+        for (host, access) in &raw.content.registries {
+            if host.is_empty() || host.contains(['/', ' ']) {
+                problems.push(format!("content.registries.{host}: not a host[:port]"));
+            }
+            if access.username.is_some() != access.password.is_some() {
+                problems.push(format!(
+                    "content.registries.{host}: give both username and password, or neither"
+                ));
+            }
+            if let Some(ca) = &access.ca_file {
+                if !ca.is_file() {
+                    problems.push(format!(
+                        "content.registries.{host}.ca_file: {} is not a readable file",
+                        ca.display()
+                    ));
+                }
+            }
+        }
+        if raw.content.read_timeout_s == 0 || raw.content.connect_timeout_s == 0 {
+            problems.push("content: timeouts must be at least 1 second".into());
+        }
+        let runtime_name = Path::new(&raw.containers.runtime)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "runtime".into());
+        let containers = ContainersConfig {
+            enabled: raw.containers.enabled,
+            runtime: PathBuf::from(&raw.containers.runtime),
+            runtime_root: raw
+                .containers
+                .runtime_root
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/run/mecvisor").join(runtime_name)),
+            state_dir: raw.data_dir.clone(),
+            log_max_bytes: raw.containers.log_max_bytes,
+            log_files: raw.containers.log_files,
+            start_timeout_s: raw.containers.start_timeout_s,
+        };
+        let content = ContentConfig {
+            dir: raw
+                .content
+                .dir
+                .clone()
+                .unwrap_or_else(|| raw.data_dir.join("content")),
+            registries: content_store::RegistryOptions {
+                registries: raw.content.registries.clone(),
+                connect_timeout_secs: raw.content.connect_timeout_s,
+                read_timeout_secs: raw.content.read_timeout_s,
+            },
+        };
         match (key, endpoint) {
             (Some(controller_key), Ok(url)) if problems.is_empty() => Ok(Config {
                 device: raw.device,
@@ -263,6 +444,8 @@ impl Config {
                     enabled: raw.slicing.enabled,
                     capacity_kbit: raw.slicing.capacity_kbit,
                 },
+                containers,
+                content,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_path_buf(),

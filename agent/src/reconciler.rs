@@ -211,7 +211,12 @@ impl Reconciler {
             .iter()
             .cloned()
             .map(ObjectSpec::Slice)
-            .chain(doc.spec.workloads.iter().cloned().map(ObjectSpec::Workload))
+            .chain(
+                doc.spec
+                    .workloads
+                    .iter()
+                    .map(|w| ObjectSpec::Workload(Box::new(w.clone()))),
+            )
             .collect();
         self.track(&desired, doc.generation);
         for kind in [ObjectKind::Slice, ObjectKind::Container, ObjectKind::Vm] {
@@ -584,6 +589,7 @@ mod tests {
                 command: vec![],
                 args: vec![],
                 env: vec![],
+                ..Default::default()
             }),
             slice: slice.map(str::to_string),
             resources: Resources {

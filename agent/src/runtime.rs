@@ -74,7 +74,7 @@ pub enum ObjectSpec {
     /// A slice.
     Slice(SliceSpec),
     /// A container or VM.
-    Workload(WorkloadSpec),
+    Workload(Box<WorkloadSpec>),
 }
 
 impl ObjectSpec {
@@ -101,7 +101,7 @@ impl ObjectSpec {
     pub fn fingerprint(&self) -> Vec<u8> {
         match self {
             ObjectSpec::Slice(s) => mecvisor_protocol::encode(s),
-            ObjectSpec::Workload(w) => mecvisor_protocol::encode(w),
+            ObjectSpec::Workload(w) => mecvisor_protocol::encode(w.as_ref()),
         }
     }
 

@@ -72,6 +72,7 @@ fn desired(generation: u64) -> DesiredState {
                 command: vec![],
                 args: vec![],
                 env: vec![],
+                ..Default::default()
             }),
             slice: Some("video".into()),
             resources: Resources {

@@ -67,6 +67,8 @@ pub struct ContainerConfig {
     pub user_namespace: Option<IdMapping>,
     /// Signal that asks the process to stop (`TERM` unless the image says otherwise).
     pub stop_signal: String,
+    /// Seconds between the stop signal and SIGKILL.
+    pub stop_timeout_s: u32,
 }
 
 impl ContainerConfig {
@@ -85,6 +87,7 @@ impl ContainerConfig {
             network_namespace: None,
             user_namespace: None,
             stop_signal: "TERM".into(),
+            stop_timeout_s: 10,
         }
     }
 

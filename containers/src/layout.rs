@@ -39,6 +39,12 @@ impl ContainerDir {
         self.dir.join("fingerprint")
     }
 
+    /// The [`crate::ContainerConfig`] it was created with (how to stop it,
+    /// also for an agent that restarted since).
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("container.json")
+    }
+
     /// PID of the monitor process.
     pub fn monitor_pid(&self) -> PathBuf {
         self.dir.join("monitor.pid")

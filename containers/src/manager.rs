@@ -39,8 +39,6 @@ pub struct ManagerConfig {
     pub logs: LogLimits,
     /// Longest wait for a container to start.
     pub start_timeout: Duration,
-    /// Time a container gets to stop after its stop signal, before SIGKILL.
-    pub stop_timeout: Duration,
 }
 
 /// Why a container operation failed.
@@ -146,10 +144,31 @@ impl Manager {
         config: &ContainerConfig,
         image_root: &Path,
     ) -> Result<Started, ContainerError> {
+        self.start(id, config, image_root, true)
+    }
+
+    /// Like [`Manager::run`] but never adopts: a running container is
+    /// stopped and replaced (e.g. after failing its health check).
+    pub fn recreate(
+        &self,
+        id: &str,
+        config: &ContainerConfig,
+        image_root: &Path,
+    ) -> Result<Started, ContainerError> {
+        self.start(id, config, image_root, false)
+    }
+
+    fn start(
+        &self,
+        id: &str,
+        config: &ContainerConfig,
+        image_root: &Path,
+        adopt: bool,
+    ) -> Result<Started, ContainerError> {
         let dir = self.dir(id);
         let fingerprint = format!("{} {}", config.fingerprint(), image_root.display());
         let recorded = std::fs::read_to_string(dir.fingerprint()).unwrap_or_default();
-        if recorded == fingerprint {
+        if adopt && recorded == fingerprint {
             if let Observation::Running { pid } = self.observe(id)? {
                 info!(
                     id,
@@ -188,6 +207,11 @@ impl Manager {
             id: id.to_string(),
             source,
         })?;
+        let saved =
+            serde_json::to_vec_pretty(config).map_err(|e| std::io::Error::other(e.to_string()));
+        saved
+            .and_then(|json| std::fs::write(dir.config(), json))
+            .map_err(io("writing container.json"))?;
         std::fs::write(dir.fingerprint(), &fingerprint).map_err(io("writing the fingerprint"))?;
         self.spawn_monitor(id)?;
         let pid = self.wait_started(id)?;
@@ -273,9 +297,16 @@ impl Manager {
                 Observation::Running { pid: s.pid }
             }
             Some(s) if s.status == Status::Stopped => {
-                // Stopped without a record: its monitor is gone (killed);
-                // give it a moment in case the record is being written.
-                std::thread::sleep(Duration::from_millis(50));
+                // The process ended; its monitor writes the record once the
+                // output is drained. A monitor that is gone (killed) leaves
+                // the exit status unknown.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while self.monitor_alive(id) && Instant::now() < deadline {
+                    if let Some(exit) = read_exit(&dir) {
+                        return Ok(Observation::Exited(exit));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 Observation::Exited(read_exit(&dir).unwrap_or(ExitRecord {
                     code: None,
                     signal: None,
@@ -288,23 +319,47 @@ impl Manager {
         })
     }
 
-    /// Stops the container: its stop signal, then SIGKILL after the stop
-    /// timeout. Returns how it ended, when known.
-    pub fn stop(&self, id: &str, signal: &str) -> Result<Option<ExitRecord>, ContainerError> {
+    /// Whether the monitor of `id` still runs (its PID file names a live
+    /// process whose command line is that monitor's).
+    pub fn monitor_alive(&self, id: &str) -> bool {
+        let Some(pid) = std::fs::read_to_string(self.dir(id).monitor_pid())
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let needle = format!("--id\0{id}\0");
+        cmdline
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    /// Stops the container: its stop signal (from the config it was
+    /// created with), then SIGKILL after its stop timeout. Returns how it
+    /// ended, when known.
+    pub fn stop(&self, id: &str) -> Result<Option<ExitRecord>, ContainerError> {
         let runtime = &self.config.runtime;
         if !matches!(self.observe(id)?, Observation::Running { .. }) {
             return Ok(read_exit(&self.dir(id)));
         }
+        let saved: Option<ContainerConfig> = std::fs::read(self.dir(id).config())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let (signal, timeout) = saved.map_or(("TERM".to_string(), 10), |c| {
+            (c.stop_signal, c.stop_timeout_s)
+        });
+        let timeout = Duration::from_secs(u64::from(timeout));
         debug!(id, signal, "stopping");
-        if let Err(e) = runtime.kill(id, signal) {
+        if let Err(e) = runtime.kill(id, &signal) {
             warn!(id, error = %e, "stop signal not delivered");
         }
-        if let Some(exit) = self.wait_exit(id, self.config.stop_timeout) {
+        if let Some(exit) = self.wait_exit(id, timeout) {
             return Ok(Some(exit));
         }
         warn!(
             id,
-            timeout_s = self.config.stop_timeout.as_secs(),
+            timeout_s = timeout.as_secs(),
             "did not stop in time; killing"
         );
         let _ = runtime.kill(id, "KILL");
@@ -339,8 +394,7 @@ impl Manager {
             .map_err(runtime_error)?
             .is_some()
         {
-            let signal = "TERM";
-            self.stop(id, signal)?;
+            self.stop(id)?;
             self.config.runtime.delete(id).map_err(runtime_error)?;
         }
         rootfs::release(&self.dir(id).rootfs()).map_err(|source| ContainerError::Io {

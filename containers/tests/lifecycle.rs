@@ -76,7 +76,6 @@ impl Fixture {
             },
             logs: LogLimits::default(),
             start_timeout: Duration::from_secs(20),
-            stop_timeout: Duration::from_secs(2),
         })
         .expect("manager")
     }
@@ -100,7 +99,9 @@ impl Drop for Fixture {
 }
 
 fn sh(script: &str) -> ContainerConfig {
-    ContainerConfig::new(vec!["/bin/sh".into(), "-c".into(), script.into()])
+    let mut config = ContainerConfig::new(vec!["/bin/sh".into(), "-c".into(), script.into()]);
+    config.stop_timeout_s = 2;
+    config
 }
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
@@ -178,7 +179,7 @@ fn runs_logs_and_is_adopted_by_a_new_manager() {
     );
 
     // sleep as PID 1 ignores SIGTERM: stop escalates to SIGKILL.
-    let exit = again.stop(&id, "TERM").expect("stop").expect("exit record");
+    let exit = again.stop(&id).expect("stop").expect("exit record");
     assert_eq!(exit.signal, Some(9), "{exit:?}");
     again.remove(&id).expect("remove");
     assert!(!again.dir(&id).path().exists());

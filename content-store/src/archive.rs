@@ -77,11 +77,7 @@ impl ContentStore {
         Ok(names)
     }
 
-    fn import_staged(
-        &self,
-        path: &Path,
-        repository: Option<&str>,
-    ) -> Result<Imported, StoreError> {
+    fn import_staged(&self, path: &Path, repository: Option<&str>) -> Result<Imported, StoreError> {
         let staged = if path.is_dir() {
             self.stage_dir(path)?
         } else {

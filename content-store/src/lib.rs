@@ -36,3 +36,14 @@ pub use store::{ContentStore, Image, StoreOptions};
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+#[cfg(test)]
+mod tests {
+    /// The agent shares one store between its async tasks and the blocking
+    /// threads that unpack layers.
+    #[test]
+    fn the_store_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<crate::ContentStore>();
+    }
+}

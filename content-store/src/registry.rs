@@ -109,7 +109,7 @@ pub enum RegistryError {
 pub struct Registries {
     client: Client,
     options: RegistryOptions,
-    received: std::cell::Cell<u64>,
+    received: std::sync::atomic::AtomicU64,
 }
 
 impl Registries {
@@ -145,7 +145,7 @@ impl Registries {
         Ok(Registries {
             client: Client::new(config),
             options,
-            received: std::cell::Cell::new(0),
+            received: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -177,7 +177,7 @@ impl Registries {
     /// Blob bytes received from registries since this client was made
     /// (a resumed download counts only what it fetched).
     pub fn bytes_received(&self) -> u64 {
-        self.received.get()
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fetches a manifest (by the reference's tag or digest); returns its
@@ -239,7 +239,8 @@ impl Registries {
                     source,
                 })?;
                 ingest.append(&chunk, size)?;
-                self.received.set(self.received.get() + chunk.len() as u64);
+                self.received
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
         ingest.commit(blobs, size)?;

@@ -10,8 +10,8 @@
 //! tmp/                    scratch space, emptied when the store opens
 //! ```
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use oci_client::Reference;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -66,7 +66,7 @@ impl StoreOptions {
 pub struct ContentStore {
     root: PathBuf,
     blobs: Blobs,
-    refs: RefCell<Refs>,
+    refs: Mutex<Refs>,
     registries: Registries,
     platform: Platform,
     limits: Limits,
@@ -101,11 +101,19 @@ impl ContentStore {
         Ok(ContentStore {
             root,
             blobs,
-            refs: RefCell::new(refs),
+            refs: Mutex::new(refs),
             registries,
             platform: options.platform,
             limits: options.unpack_limits,
         })
+    }
+
+    /// The name table (a poisoned lock only means another thread panicked
+    /// mid-update; the table on disk is always whole, so go on).
+    fn refs(&self) -> MutexGuard<'_, Refs> {
+        self.refs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The root directory.
@@ -162,7 +170,7 @@ impl ContentStore {
                 reference: reference.to_string(),
                 source,
             })?,
-            None => match self.refs.borrow().get(&parsed.whole()) {
+            None => match self.refs().get(&parsed.whole()) {
                 Some(d) => d,
                 None => return Ok(None),
             },
@@ -288,8 +296,7 @@ impl ContentStore {
                 .map_err(registry)?;
         }
         if reference.digest().is_none() {
-            self.refs
-                .borrow_mut()
+            self.refs()
                 .set(&name, &top)
                 .map_err(io("writing refs.json"))?;
         }
@@ -304,8 +311,7 @@ impl ContentStore {
 
     /// Records a name for a top-level digest (archive imports).
     pub(crate) fn set_ref(&self, name: &str, digest: &Digest) -> Result<(), StoreError> {
-        self.refs
-            .borrow_mut()
+        self.refs()
             .set(name, digest)
             .map_err(io("writing refs.json"))
     }
@@ -460,21 +466,14 @@ impl ContentStore {
 
     /// Names in the store and the digests they point at.
     pub fn names(&self) -> Vec<(String, Option<Digest>)> {
-        self.refs
-            .borrow()
-            .all()
-            .map(|(n, d)| (n.to_string(), d))
-            .collect()
+        self.refs().all().map(|(n, d)| (n.to_string(), d)).collect()
     }
 
     pub(crate) fn refs_retain(
         &self,
         keep: impl FnMut(&Digest) -> bool,
     ) -> Result<usize, StoreError> {
-        self.refs
-            .borrow_mut()
-            .retain(keep)
-            .map_err(io("writing refs.json"))
+        self.refs().retain(keep).map_err(io("writing refs.json"))
     }
 }
 

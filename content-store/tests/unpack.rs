@@ -517,6 +517,25 @@ fn whiteouts_and_opaque_directories() {
 }
 
 #[test]
+fn whiteout_removes_deep_trees_and_keeps_hardlinked_data() {
+    let sandbox = Sandbox::new();
+    let deep = format!("deep/{}file", "level/".repeat(300));
+    let lower = Layer::new()
+        .file(&deep, b"deep")
+        .file("keep/data", b"data")
+        .hardlink("deep/link", "keep/data")
+        .tar();
+    sandbox.apply(&lower, Compression::None).expect("lower");
+    assert_eq!(fs::read(sandbox.at(&deep)).expect("deep"), b"deep");
+    let upper = Layer::new().file(".wh.deep", b"").tar();
+    sandbox.apply(&upper, Compression::None).expect("upper");
+    assert_eq!(names(&sandbox.root()), ["keep"]);
+    assert_eq!(fs::read(sandbox.at("keep/data")).expect("data"), b"data");
+    assert_eq!(fs::metadata(sandbox.at("keep/data")).expect("m").nlink(), 1);
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
 fn entries_replace_existing_paths() {
     let sandbox = Sandbox::new();
     sandbox

@@ -26,6 +26,7 @@ fn document(generation: u64) -> DesiredState {
                 command: vec![],
                 args: vec![format!("--generation={generation}")],
                 env: vec![],
+                ..Default::default()
             }),
             slice: None,
             resources: Resources {

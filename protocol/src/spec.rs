@@ -201,10 +201,13 @@ impl WorkloadKind {
 }
 
 /// An OCI container.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
-    /// Image reference pinned by digest: `registry/repo@sha256:<64 hex>`.
+    /// Image reference by tag or digest: `registry/repo:tag` or
+    /// `registry/repo@sha256:<64 hex>` (a digest pins exactly one image;
+    /// a tag is looked up on every apply and the last pulled copy is used
+    /// while the registry is out of reach).
     #[n(0)]
     pub image: String,
     /// Entrypoint override; empty keeps the image's.
@@ -215,10 +218,122 @@ pub struct ContainerSpec {
     #[n(2)]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Environment variables, in order.
+    /// Environment variables, in order (override the image's).
     #[n(3)]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// Working directory (absolute); default the image's, else `/`.
+    #[n(4)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// User to run as: `uid[:gid]` or names from the image's
+    /// /etc/passwd and /etc/group; default the image's, else root.
+    #[n(5)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Volumes: directories on the box that persist across restarts,
+    /// agent upgrades and reboots (removed with the workload).
+    #[n(6)]
+    #[cbor(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+    /// Mount the image's root file system read-only.
+    #[n(7)]
+    #[cbor(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only_root: bool,
+    /// Largest number of processes (fork bombs stop here).
+    #[n(8)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u32>,
+    /// Health check; its result is part of the reported state and an
+    /// unhealthy container is restarted by its restart policy.
+    #[n(9)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// Run in a user namespace (root inside is an unprivileged id outside).
+    #[n(10)]
+    #[cbor(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub user_namespace: bool,
+    /// Seconds between the stop signal and SIGKILL (default 10).
+    #[n(11)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_s: Option<u32>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// A volume of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// Volume name, unique in the workload (lowercase letters, digits, `-`).
+    #[n(0)]
+    pub name: String,
+    /// Absolute path inside the container.
+    #[n(1)]
+    pub path: String,
+    /// Mount read-only.
+    #[n(2)]
+    #[cbor(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+}
+
+/// How the agent checks a container is healthy: exactly one of `exec`,
+/// `tcp_port`, `http`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// A command run inside the container; healthy when it exits 0.
+    #[n(0)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// A TCP port in the container's network namespace; healthy when it
+    /// accepts a connection.
+    #[n(1)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
+    /// An HTTP GET in the container's network namespace; healthy on 2xx/3xx.
+    #[n(2)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    /// Seconds between checks (default 10).
+    #[n(3)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_s: Option<u32>,
+    /// Seconds a check may take (default 3).
+    #[n(4)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u32>,
+    /// Consecutive failures that make the container unhealthy (default 3).
+    #[n(5)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Seconds after start during which failures do not count (default 0).
+    #[n(6)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period_s: Option<u32>,
+}
+
+/// An HTTP health probe.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    /// Port.
+    #[n(0)]
+    pub port: u16,
+    /// Path, e.g. `/healthz` (default `/`).
+    #[n(1)]
+    #[serde(default = "root_path")]
+    pub path: String,
+}
+
+fn root_path() -> String {
+    "/".to_string()
 }
 
 /// One environment variable.

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::spec::{DesiredState, DeviceSpec, QosSpec, SliceSpec, WorkloadKind, WorkloadSpec};
+use crate::spec::{
+    ContainerSpec, DesiredState, DeviceSpec, QosSpec, SliceSpec, WorkloadKind, WorkloadSpec,
+};
 
 /// One problem found in a document, e.g. `workloads[2].slice: unknown slice "video"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +56,28 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if !ok_chars || name.starts_with('-') || name.ends_with('-') {
         return Err(format!(
             "name {name:?} may hold only a-z, 0-9 and '-', and not start or end with '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a container image reference: `[registry/]repository[:tag]` or
+/// `[registry/]repository@sha256:<64 hex>`.
+pub fn check_container_image(reference: &str) -> Result<(), String> {
+    if reference.contains('@') {
+        return check_image_ref(reference);
+    }
+    let well_formed = !reference.is_empty()
+        && reference.len() <= 512
+        && !reference.starts_with(['/', ':', '.', '-'])
+        && !reference.ends_with(['/', ':'])
+        && !reference.contains("//")
+        && reference
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'));
+    if !well_formed {
+        return Err(format!(
+            "image {reference:?} is not a reference: [registry/]repository[:tag] or [registry/]repository@sha256:<64 hex digits>"
         ));
     }
     Ok(())
@@ -372,6 +396,122 @@ fn qos_problems(qos: &QosSpec, at: &dyn Fn(&str) -> String, out: &mut Vec<Proble
     }
 }
 
+fn absolute_path(path: &str) -> Result<(), String> {
+    let clean =
+        path.starts_with('/') && !path.contains('\0') && !path.split('/').any(|part| part == "..");
+    if clean {
+        Ok(())
+    } else {
+        Err(format!("{path:?} must be an absolute path without '..'"))
+    }
+}
+
+fn container_problems(c: &ContainerSpec, at: &dyn Fn(&str) -> String, out: &mut Vec<Problem>) {
+    if let Some(dir) = &c.working_dir {
+        push(out, at("container.working_dir"), absolute_path(dir));
+    }
+    if let Some(user) = &c.user {
+        let ok = !user.is_empty()
+            && user.split(':').count() <= 2
+            && user
+                .split(':')
+                .all(|p| !p.is_empty() && p.len() <= 32 && !p.contains(['/', '\0']));
+        if !ok {
+            out.push(Problem {
+                path: at("container.user"),
+                message: format!("{user:?} is not uid[:gid] or user[:group]"),
+            });
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut paths = std::collections::BTreeSet::new();
+    for (j, v) in c.volumes.iter().enumerate() {
+        push(
+            out,
+            at(&format!("container.volumes[{j}].name")),
+            check_name(&v.name),
+        );
+        push(
+            out,
+            at(&format!("container.volumes[{j}].path")),
+            absolute_path(&v.path),
+        );
+        if v.path == "/" {
+            out.push(Problem {
+                path: at(&format!("container.volumes[{j}].path")),
+                message: "a volume cannot replace the root file system".into(),
+            });
+        }
+        if !names.insert(&v.name) {
+            out.push(Problem {
+                path: at(&format!("container.volumes[{j}].name")),
+                message: format!("volume {:?} is listed twice", v.name),
+            });
+        }
+        if !paths.insert(&v.path) {
+            out.push(Problem {
+                path: at(&format!("container.volumes[{j}].path")),
+                message: format!("two volumes are mounted at {:?}", v.path),
+            });
+        }
+    }
+    if c.pids_limit == Some(0) {
+        out.push(Problem {
+            path: at("container.pids_limit"),
+            message: "must be at least 1".into(),
+        });
+    }
+    if let Some(h) = &c.health {
+        let probes = usize::from(h.exec.is_some())
+            + usize::from(h.tcp_port.is_some())
+            + usize::from(h.http.is_some());
+        if probes != 1 {
+            out.push(Problem {
+                path: at("container.health"),
+                message: "give exactly one of exec, tcp_port, http".into(),
+            });
+        }
+        if h.exec
+            .as_ref()
+            .is_some_and(|cmd| cmd.is_empty() || cmd[0].is_empty())
+        {
+            out.push(Problem {
+                path: at("container.health.exec"),
+                message: "needs a command".into(),
+            });
+        }
+        if h.tcp_port == Some(0) || h.http.as_ref().is_some_and(|p| p.port == 0) {
+            out.push(Problem {
+                path: at("container.health"),
+                message: "port 0 cannot be probed".into(),
+            });
+        }
+        if let Some(p) = &h.http {
+            if !p.path.starts_with('/')
+                || p.path
+                    .contains(|c: char| c.is_whitespace() || c.is_control())
+            {
+                out.push(Problem {
+                    path: at("container.health.http.path"),
+                    message: format!("{:?} must start with '/' and hold no spaces", p.path),
+                });
+            }
+        }
+        for (key, value) in [
+            ("interval_s", h.interval_s),
+            ("timeout_s", h.timeout_s),
+            ("retries", h.retries),
+        ] {
+            if value == Some(0) {
+                out.push(Problem {
+                    path: at(&format!("container.health.{key}")),
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+    }
+}
+
 fn workload_problems(w: &WorkloadSpec, at: &dyn Fn(&str) -> String, out: &mut Vec<Problem>) {
     push(out, at("name"), check_name(&w.name));
     if w.resources.memory_mib == 0 {
@@ -382,7 +522,7 @@ fn workload_problems(w: &WorkloadSpec, at: &dyn Fn(&str) -> String, out: &mut Ve
     }
     match &w.kind {
         WorkloadKind::Container(c) => {
-            push(out, at("container.image"), check_image_ref(&c.image));
+            push(out, at("container.image"), check_container_image(&c.image));
             for (j, var) in c.env.iter().enumerate() {
                 if var.name.is_empty() || var.name.contains(['=', '\0']) {
                     out.push(Problem {
@@ -391,6 +531,7 @@ fn workload_problems(w: &WorkloadSpec, at: &dyn Fn(&str) -> String, out: &mut Ve
                     });
                 }
             }
+            container_problems(c, at, out);
         }
         WorkloadKind::Vm(vm) => {
             push(out, at("vm.kernel"), check_image_ref(&vm.kernel));

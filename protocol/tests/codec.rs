@@ -188,3 +188,49 @@ fn a_workload_written_before_allow_rules_existed_still_decodes() {
     workload.allow.clear();
     assert_eq!(decoded, workload);
 }
+
+#[test]
+fn a_container_written_before_volumes_and_health_checks_still_decodes() {
+    // A container spec with only fields 0..=3 (image, command, args, env):
+    // what agents stored before issue 5 added the rest.
+    let WorkloadKind::Container(mut container) = common::sample_spec().workloads.remove(0).kind
+    else {
+        panic!("sample workload 0 is a container")
+    };
+    container.volumes.push(VolumeSpec {
+        name: "data".into(),
+        path: "/data".into(),
+        read_only: false,
+    });
+    container.read_only_root = true;
+    container.health = Some(HealthCheck {
+        tcp_port: Some(8080),
+        ..HealthCheck::default()
+    });
+    let full = encode(&container);
+    assert_eq!(
+        decode::<ContainerSpec>(&full).expect("round trip"),
+        container
+    );
+    let mut d = minicbor::Decoder::new(&full);
+    assert!(d.array().expect("array header").is_some_and(|n| n >= 10));
+    let mut old = minicbor::Encoder::new(Vec::new());
+    old.array(4).expect("header");
+    let mut old = old.into_writer();
+    for _ in 0..4 {
+        let start = d.position();
+        d.skip().expect("field");
+        old.extend_from_slice(&full[start..d.position()]);
+    }
+    let decoded: ContainerSpec = decode(&old).expect("old container decodes");
+    assert_eq!(
+        decoded,
+        ContainerSpec {
+            image: container.image.clone(),
+            command: container.command.clone(),
+            args: container.args.clone(),
+            env: container.env.clone(),
+            ..ContainerSpec::default()
+        }
+    );
+}

@@ -64,17 +64,100 @@ fn conflicting_slices_are_refused() {
 }
 
 #[test]
-fn images_must_be_pinned_by_digest() {
+fn container_images_by_tag_or_digest_vm_artifacts_by_digest() {
     let mut spec = common::sample_spec();
-    if let WorkloadKind::Container(c) = &mut spec.workloads[0].kind {
-        c.image = "registry.local/transcoder:latest".into();
+    for ok in [
+        "registry.local/transcoder:latest",
+        "busybox",
+        "127.0.0.1:5000/apps/web:v1.2",
+    ] {
+        if let WorkloadKind::Container(c) = &mut spec.workloads[0].kind {
+            c.image = ok.into();
+        }
+        assert!(problems(&spec).is_empty(), "{ok}: {:#?}", problems(&spec));
+    }
+    for bad in [
+        "",
+        "registry.local/web@sha256:1234",
+        "has space:v1",
+        "/abs:v1",
+        "web:",
+    ] {
+        if let WorkloadKind::Container(c) = &mut spec.workloads[0].kind {
+            c.image = bad.into();
+        }
+        let found = problems(&spec);
+        assert_eq!(found.len(), 1, "{bad}: {found:#?}");
+        assert!(
+            found[0].starts_with("workloads[0].container.image: "),
+            "{found:#?}"
+        );
+    }
+    let mut spec = common::sample_spec();
+    if let WorkloadKind::Vm(vm) = &mut spec.workloads[1].kind {
+        vm.kernel = "registry.local/kernel:latest".into();
     }
     let found = problems(&spec);
     assert_eq!(found.len(), 1, "{found:#?}");
     assert!(
-        found[0].starts_with("workloads[0].container.image: "),
+        found[0].starts_with("workloads[1].vm.kernel: "),
         "{found:#?}"
     );
+}
+
+#[test]
+fn container_settings_are_checked() {
+    let mut spec = common::sample_spec();
+    if let WorkloadKind::Container(c) = &mut spec.workloads[0].kind {
+        c.working_dir = Some("srv".into());
+        c.user = Some("1000:1000:1".into());
+        c.volumes = vec![
+            VolumeSpec {
+                name: "data".into(),
+                path: "/data".into(),
+                read_only: false,
+            },
+            VolumeSpec {
+                name: "data".into(),
+                path: "/data".into(),
+                read_only: true,
+            },
+            VolumeSpec {
+                name: "Bad_Name".into(),
+                path: "/x/../etc".into(),
+                read_only: false,
+            },
+        ];
+        c.pids_limit = Some(0);
+        c.health = Some(HealthCheck {
+            tcp_port: Some(80),
+            http: Some(HttpProbe {
+                port: 80,
+                path: "healthz".into(),
+            }),
+            interval_s: Some(0),
+            ..HealthCheck::default()
+        });
+    }
+    let found = problems(&spec);
+    for expected in [
+        "workloads[0].container.working_dir: ",
+        "workloads[0].container.user: ",
+        "workloads[0].container.volumes[1].name: volume \"data\" is listed twice",
+        "workloads[0].container.volumes[1].path: two volumes are mounted at \"/data\"",
+        "workloads[0].container.volumes[2].name: ",
+        "workloads[0].container.volumes[2].path: ",
+        "workloads[0].container.pids_limit: must be at least 1",
+        "workloads[0].container.health: give exactly one of exec, tcp_port, http",
+        "workloads[0].container.health.http.path: ",
+        "workloads[0].container.health.interval_s: must be at least 1",
+    ] {
+        assert!(
+            found.iter().any(|f| f.starts_with(expected)),
+            "{expected}\n{found:#?}"
+        );
+    }
+    assert_eq!(found.len(), 10, "{found:#?}");
 }
 
 #[test]

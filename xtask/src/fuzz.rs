@@ -13,7 +13,7 @@ use crate::bins::cargo;
 use crate::{shell, workspace_root};
 
 /// Every fuzz target, one per parser of untrusted bytes.
-const TARGETS: [&str; 2] = ["desired_envelope", "uplink_messages"];
+const TARGETS: [&str; 3] = ["desired_envelope", "uplink_messages", "layer_unpack"];
 
 /// Options of `cargo xtask fuzz`.
 #[derive(Debug, Args)]

@@ -168,7 +168,7 @@ pub enum Refusal {
         name: String,
     },
     /// A tar entry type this unpacker does not apply.
-    #[error("unsupported tar entry type `{}`", char::from(*.0))]
+    #[error("unsupported tar entry type `{}`", char::from(*.0).escape_default())]
     UnsupportedType(u8),
     /// A uid or gid that is not a valid Linux id.
     #[error("owner id {0} is out of range")]

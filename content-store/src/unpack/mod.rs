@@ -28,6 +28,9 @@
 //!   that ends without its end-of-archive marker. Bytes after the tar end
 //!   (and after the gzip member or zstd frame holding it) are never read.
 //!
+//! A `./` directory entry (the root itself) is skipped: the root's owner and
+//! mode belong to the caller.
+//!
 //! Ownership: numeric uid/gid are applied when running as root (euid 0);
 //! otherwise files stay owned by the caller (only root may give files away).
 //! Extended attributes (PAX `SCHILY.xattr.*`, incl. file capabilities) are

@@ -9,7 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
-use nix::sys::stat::{fchmod, fstat, futimens, mkdirat, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{
+    fchmod, fchmodat, futimens, mkdirat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags,
+};
 use nix::unistd::{fchown, fchownat, linkat, mkfifoat, symlinkat};
 
 use super::at;
@@ -229,20 +231,33 @@ impl Applier {
         let (parent, file_name) = self.prepare(path, name)?;
         mkfifoat(parent.as_fd(), file_name, Mode::from_bits_truncate(PRIVATE))
             .map_err(|e| UnpackError::io(name, "create fifo", e))?;
-        // Opening a FIFO for reading with O_NONBLOCK does not wait for a
-        // writer; the fd lets us set the metadata without path lookups.
-        let fd = openat(
+        // Never opened (that could block, or open whatever raced in): the
+        // metadata is set by name, without following a symlink.
+        if self.chown {
+            fchownat(
+                parent.as_fd(),
+                file_name,
+                Some(meta.uid),
+                Some(meta.gid),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| UnpackError::io(name, "chown fifo", e))?;
+        }
+        fchmodat(
             parent.as_fd(),
             file_name,
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
+            meta.mode,
+            FchmodatFlags::NoFollowSymlink,
         )
-        .map_err(|e| UnpackError::io(name, "open fifo", e))?;
-        let st = fstat(&fd).map_err(|e| UnpackError::io(name, "stat fifo", e))?;
-        if at::kind(&st) != SFlag::S_IFIFO {
-            return Err(UnpackError::io(name, "open fifo", Errno::EEXIST));
-        }
-        self.set_meta(fd.as_fd(), &meta, name)?;
+        .map_err(|e| UnpackError::io(name, "chmod fifo", e))?;
+        utimensat(
+            parent.as_fd(),
+            file_name,
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| UnpackError::io(name, "set fifo times", e))?;
         self.stats.files += 1;
         Ok(())
     }

@@ -42,6 +42,7 @@ pub fn sample_spec() -> DeviceSpec {
                         name: "MODE".into(),
                         value: "edge".into(),
                     }],
+                    ..Default::default()
                 }),
                 slice: Some("video".into()),
                 resources: Resources {
