@@ -105,11 +105,7 @@ async fn run_local(config: Config) -> Result<(), AgentError> {
     let (desired_tx, desired_rx) = watch::channel(initial);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let reconciler = Reconciler::new(
-        Runtimes::available(&config.slicing),
-        records,
-        Backoff::default(),
-    );
+    let reconciler = Reconciler::new(Runtimes::available(&config), records, Backoff::default());
     let reconcile_task = tokio::task::spawn_local(reconciler::run(
         reconciler,
         desired_rx,

@@ -8,6 +8,8 @@
 //! - [`link`]: the MQTT sync link.
 //! - [`runtime`]: the runtime interface per object kind.
 //! - [`slicing`]: the network slicing runtime.
+//! - [`containers`]: the container runtime (content store + OCI runtime).
+//! - [`logs`]: `edge-agent logs`, a workload's output.
 //! - [`slices`]: `edge-agent slices`, the kernel's view of the slices.
 //! - [`reconciler`]: the per-object state machine.
 //! - [`status`]: status socket and `edge-agent status`.
@@ -17,7 +19,9 @@
 pub mod accept;
 pub mod agent;
 pub mod config;
+pub mod containers;
 pub mod link;
+pub mod logs;
 pub mod metrics;
 pub mod outbox;
 pub mod reconciler;

@@ -1,7 +1,7 @@
 //! `edge-agent`: keeps an edge box converged on the desired state signed by
 //! the fleet controller. See the modules for the pieces.
 
-use edge_agent::{agent, config, slices, status};
+use edge_agent::{agent, config, logs, slices, status};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +45,44 @@ enum Command {
         /// Output format: a table for humans (default) or the JSON document.
         #[arg(short = 'o', long = "output", value_enum)]
         output: Option<Output>,
+    },
+    /// Print a container workload's stdout and stderr (rotated files
+    /// included, oldest first), one line per record:
+    /// `<UTC time> <stdout|stderr|mecvisor> <text>`; `mecvisor` lines say
+    /// when it started and how it ended.
+    Logs {
+        /// The workload's name.
+        workload: String,
+        /// Agent config (for its data directory).
+        #[arg(long, value_name = "FILE", default_value = "/etc/mecvisor/agent.toml")]
+        config: PathBuf,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
+    /// Import an image for air-gapped sites into the agent's content store:
+    /// an OCI image layout directory, an oci-archive or a docker-archive
+    /// (`docker save`) tarball. Every blob is verified; a bad archive
+    /// changes nothing. Imported images are kept by garbage collection;
+    /// workloads name them as printed (`repository:tag`). Safe to run
+    /// while the agent runs.
+    Import {
+        /// Layout directory or archive file.
+        path: PathBuf,
+        /// Repository for images whose archive gives only a tag (default
+        /// `import/<file name>`).
+        #[arg(long, value_name = "REPOSITORY")]
+        name: Option<String>,
+        /// Agent config (for its content store and platform).
+        #[arg(long, value_name = "FILE", default_value = "/etc/mecvisor/agent.toml")]
+        config: PathBuf,
+    },
+    /// The per-container monitor (started by the agent itself; not for
+    /// people to run).
+    #[command(hide = true)]
+    ContainerMonitor {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Show the network slices this box holds, read from the kernel (not
     /// from the agent): state, traffic and drops per direction, and packets
@@ -105,6 +143,59 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Import { path, name, config } => {
+            let config = match config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut options = content_store::StoreOptions::at(&config.content.dir);
+            options.registries = config.content.registries.clone();
+            let imported = content_store::ContentStore::open(options)
+                .and_then(|store| store.import(&path, name.as_deref()));
+            match imported {
+                Ok(names) => {
+                    for (name, digest) in names {
+                        println!("{name}\t{digest}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::ContainerMonitor { args } => {
+            ExitCode::from(u8::try_from(containers::monitor::main(&args)).unwrap_or(1))
+        }
+        Command::Logs {
+            workload,
+            config,
+            tail,
+        } => {
+            let config = match config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match logs::read(&config.containers.state_dir, &workload, tail) {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             }

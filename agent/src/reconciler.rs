@@ -144,6 +144,10 @@ pub struct Reconciler {
     desired: Option<Arc<DesiredState>>,
     last_reported: Option<ActualState>,
     backoff: Backoff,
+    /// Generation whose unwanted artifacts were last garbage-collected.
+    collected: Option<u64>,
+    /// Workloads found missing from their runtime during this pass.
+    vanished: Vec<String>,
 }
 
 impl Reconciler {
@@ -159,6 +163,8 @@ impl Reconciler {
             desired: None,
             last_reported: None,
             backoff,
+            collected: None,
+            vanished: Vec::new(),
         }
     }
 
@@ -256,6 +262,18 @@ impl Reconciler {
             let span = info_span!("apply", object = %name);
             self.step_apply(name, now).instrument(span).await;
         }
+        // Workloads found gone (e.g. after a reboot): fetch and apply now
+        // rather than at the next periodic pass.
+        for name in std::mem::take(&mut self.vanished) {
+            self.step_artifacts(&name, now)
+                .instrument(info_span!("artifacts", object = %name))
+                .await;
+            self.step_apply(&name, now)
+                .instrument(info_span!("apply", object = %name))
+                .await;
+        }
+
+        self.collect_garbage(&desired, doc.generation).await;
 
         let actual = self.actual();
         let report = (self.last_reported.as_ref() != Some(&actual)).then_some(actual);
@@ -266,6 +284,31 @@ impl Reconciler {
             .filter_map(|t| t.next_attempt)
             .min();
         PassResult { report, next_wake }
+    }
+
+    /// Once per generation, when every object has settled (nothing pending,
+    /// applying or being removed), lets the artifact store drop what no
+    /// desired object needs.
+    async fn collect_garbage(&mut self, desired: &[ObjectSpec], generation: u64) {
+        let settled = self
+            .objects
+            .values()
+            .all(|t| !matches!(t.phase, Phase::Pending | Phase::Applying | Phase::Removing));
+        if !settled || self.collected == Some(generation) {
+            return;
+        }
+        let Some(store) = self.runtimes.artifacts.as_deref_mut() else {
+            return;
+        };
+        let keep: Vec<String> = desired.iter().flat_map(ObjectSpec::artifacts).collect();
+        match store
+            .retain(&keep)
+            .instrument(info_span!("collect_garbage", generation))
+            .await
+        {
+            Ok(()) => self.collected = Some(generation),
+            Err(e) => warn!(error = %e, "garbage collection failed; retried next pass"),
+        }
     }
 
     /// Starts tracking new objects, resets changed ones, and marks the ones
@@ -391,6 +434,13 @@ impl Reconciler {
                 Ok(Observed::Missing) => {
                     warn!("running object vanished from its runtime; applying again");
                     t.set(Phase::Pending, "vanished from the runtime; applying again");
+                    // Its artifacts are checked again (the cache may be gone
+                    // too) and it is applied later in this same pass.
+                    if matches!(spec, ObjectSpec::Workload(_)) {
+                        t.artifacts_ready = false;
+                        self.vanished.push(name.to_string());
+                        return;
+                    }
                 }
                 Ok(Observed::Stopped { message, success }) => {
                     let restart = match &spec {
@@ -462,6 +512,7 @@ pub async fn run(
     resync: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let wake = reconciler.runtimes.wake.clone();
     loop {
         if let Some(doc) = desired_rx.borrow_and_update().clone() {
             if reconciler.desired.as_ref() != Some(&doc) {
@@ -496,10 +547,11 @@ pub async fn run(
             }
         }
         let resync_at = now + resync;
-        let wake = result.next_wake.map_or(resync_at, |w| w.min(resync_at));
+        let wake_at = result.next_wake.map_or(resync_at, |w| w.min(resync_at));
         tokio::select! {
             changed = desired_rx.changed() => if changed.is_err() { break },
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
+            _ = wake.notified() => debug!("a runtime asked for a pass"),
             _ = shutdown.changed() => break,
         }
     }
@@ -508,10 +560,11 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    //! The state machine is driven with `TestRuntime`, a fake: this agent has
-    //! no real runtime yet (network slicing, containers and the microVMM are
-    //! later work), so the only way to exercise apply/observe/remove and the
-    //! failure paths is a scripted runtime. It records every call.
+    //! The state machine is driven with `TestRuntime`, a fake that scripts
+    //! what real runtimes cannot be made to do on cue (an apply failing N
+    //! times, an object vanishing or stopping between two passes) and
+    //! records every call. The real runtimes are tested in their crates and
+    //! end to end (e2e/tests/containers.rs, hil-tests).
     use super::*;
     use crate::runtime::{ArtifactStore, Runtime, RuntimeError, RuntimeFuture};
     use mecvisor_protocol::{
@@ -632,6 +685,7 @@ mod tests {
             vm: None,
             artifacts: Some(Box::new(TestArtifacts(script.clone()))),
             why_missing: Default::default(),
+            wake: Default::default(),
         };
         (
             Reconciler::new(runtimes, vec![], Backoff::default()),

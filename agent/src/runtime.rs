@@ -2,9 +2,10 @@
 //! one [`Runtime`] per object kind (slice, container, vm) and an
 //! [`ArtifactStore`] that fetches images, kernels and disks.
 //!
-//! Network slicing is here ([`crate::slicing`], when the config enables
-//! it); the container runtime and the microVMM are later work, so those
-//! objects are reported `unsupported` and nothing pretends to run.
+//! Network slicing ([`crate::slicing`], when the config enables it) and
+//! containers ([`crate::containers`], unless switched off or the OCI
+//! runtime is missing) are here; the microVMM is later work, so VMs are
+//! reported `unsupported` and nothing pretends to run.
 
 use std::fmt;
 use std::future::Future;
@@ -158,6 +159,11 @@ pub trait Runtime {
 pub trait ArtifactStore {
     /// Makes `reference` available locally; idempotent.
     fn ensure<'a>(&'a mut self, reference: &'a str) -> RuntimeFuture<'a, ()>;
+    /// Drops whatever no reference in `references` needs (garbage
+    /// collection). Does nothing by default.
+    fn retain<'a>(&'a mut self, _references: &'a [String]) -> RuntimeFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The runtimes present on this agent; `None` means the kind is unsupported.
@@ -174,14 +180,21 @@ pub struct Runtimes {
     /// Why a kind has no runtime, when there is more to say than "not
     /// built yet" (e.g. switched off in the config).
     pub why_missing: std::collections::BTreeMap<ObjectKind, String>,
+    /// Notified by runtimes when an object needs attention before the next
+    /// periodic pass (a container exited or turned unhealthy).
+    pub wake: std::rc::Rc<tokio::sync::Notify>,
 }
 
 impl Runtimes {
     /// What this agent has: network slicing when `slicing.enabled` (and
-    /// the kernel can be reached), nothing else yet. A slicing runtime that
-    /// cannot start leaves slices `unsupported` with the reason logged.
-    pub fn available(slicing: &crate::config::SlicingConfig) -> Runtimes {
+    /// the kernel can be reached); containers and the content store unless
+    /// `containers.enabled = false` (or the OCI runtime is missing). A
+    /// runtime that cannot start leaves its kind `unsupported` with the
+    /// reason logged and reported. Must run on the agent's `LocalSet`.
+    pub fn available(config: &crate::config::Config) -> Runtimes {
         let mut runtimes = Runtimes::default();
+        runtimes.add_containers(config);
+        let slicing = &config.slicing;
         if slicing.enabled {
             match crate::slicing::SliceRuntime::connect(slicing) {
                 Ok(runtime) => runtimes.slice = Some(Box::new(runtime)),
@@ -201,6 +214,50 @@ impl Runtimes {
             );
         }
         runtimes
+    }
+
+    fn add_containers(&mut self, config: &crate::config::Config) {
+        if !config.containers.enabled {
+            tracing::info!("containers are off ([containers] enabled = false): containers are reported unsupported");
+            self.why_missing.insert(
+                ObjectKind::Container,
+                "containers are off in this agent's config ([containers] enabled = false)".into(),
+            );
+            return;
+        }
+        let mut options = content_store::StoreOptions::at(&config.content.dir);
+        options.registries = config.content.registries.clone();
+        let store = match content_store::ContentStore::open(options) {
+            Ok(store) => std::sync::Arc::new(store),
+            Err(e) => {
+                tracing::error!(error = %e, "content store cannot open");
+                self.why_missing.insert(
+                    ObjectKind::Container,
+                    format!("content store cannot open: {e}"),
+                );
+                return;
+            }
+        };
+        self.artifacts = Some(Box::new(crate::containers::ContentArtifacts::new(
+            store.clone(),
+        )));
+        match crate::containers::ContainerRuntime::start(
+            &config.containers,
+            store,
+            self.wake.clone(),
+        ) {
+            Ok(runtime) => self.container = Some(Box::new(runtime)),
+            Err(e) => {
+                tracing::error!(error = %e, "container runtime cannot start");
+                self.why_missing.insert(
+                    ObjectKind::Container,
+                    format!(
+                        "container runtime {} cannot start: {e}",
+                        config.containers.runtime.display()
+                    ),
+                );
+            }
+        }
     }
 
     /// Why `kind` has no runtime on this agent.

@@ -132,7 +132,7 @@ async fn agent_accepts_signed_state_and_reports() {
     std::fs::write(
         &config,
         format!(
-            "device = \"{DEVICE}\"\ndata_dir = \"{}\"\ncontroller_key = \"{}\"\n[labels]\nsite = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nkeep_alive_s = 5\n[timers]\nmetrics_interval_s = 1\nresync_interval_s = 2\n",
+            "device = \"{DEVICE}\"\ndata_dir = \"{}\"\ncontroller_key = \"{}\"\n[labels]\nsite = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nkeep_alive_s = 5\n[timers]\nmetrics_interval_s = 1\nresync_interval_s = 2\n[containers]\nenabled = false\n",
             data_dir.display(),
             verifying_key_to_hex(&key.verifying_key())
         ),
@@ -267,7 +267,10 @@ async fn agent_accepts_signed_state_and_reports() {
         assert_eq!(o.generation, 1);
     }
     let camera = state.objects.iter().find(|o| o.name == "camera").unwrap();
-    assert_eq!(camera.message, "no container runtime on this agent yet");
+    assert_eq!(
+        camera.message,
+        "containers are off in this agent's config ([containers] enabled = false)"
+    );
 
     // metrics flow too (interval 1 s)
     next_matching(&mut rx, "metrics report", |m| {
@@ -443,7 +446,7 @@ async fn outbox_survives_broker_outages() {
     std::fs::write(
         &config,
         format!(
-            "device = \"{DEVICE}\"\ndata_dir = \"{}\"\ncontroller_key = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nkeep_alive_s = 5\n[timers]\nmetrics_interval_s = 1\n",
+            "device = \"{DEVICE}\"\ndata_dir = \"{}\"\ncontroller_key = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nkeep_alive_s = 5\n[timers]\nmetrics_interval_s = 1\n[containers]\nenabled = false\n",
             dir.path().join("data").display(),
             verifying_key_to_hex(&key.verifying_key()),
             gate.port

@@ -28,9 +28,12 @@ pub struct GcReport {
 
 impl ContentStore {
     /// Removes everything not reachable from `keep` (image references,
-    /// by tag or digest). Blocking.
+    /// by tag or digest) or from a pinned (imported) name. Blocking.
     pub fn gc(&self, keep: &[&str]) -> Result<GcReport, StoreError> {
         let mut marked = BTreeSet::new();
+        for top in self.pinned() {
+            self.mark("(imported)", &top, &mut marked)?;
+        }
         for reference in keep {
             let parsed = parse_reference(reference)?;
             let top = match parsed.digest() {

@@ -212,22 +212,27 @@ impl Registries {
                 .store_auth_if_needed(reference.resolve_registry(), &self.auth(reference))
                 .await;
             let text = digest.to_string();
-            let response = self
-                .client
-                .pull_blob_stream_partial(reference, text.as_str(), offset, None)
-                .await
-                .map_err(Self::distribution(reference))?;
-            let stream = match response {
-                BlobResponse::Partial(stream) => {
-                    info!(%digest, offset, size, "resuming download");
-                    stream
-                }
-                BlobResponse::Full(stream) => {
-                    if offset > 0 {
+            let stream = if offset == 0 {
+                self.client
+                    .pull_blob_stream(reference, text.as_str())
+                    .await
+                    .map_err(Self::distribution(reference))?
+            } else {
+                let response = self
+                    .client
+                    .pull_blob_stream_partial(reference, text.as_str(), offset, None)
+                    .await
+                    .map_err(Self::distribution(reference))?;
+                match response {
+                    BlobResponse::Partial(stream) => {
+                        info!(%digest, offset, size, "resuming an interrupted download");
+                        stream
+                    }
+                    BlobResponse::Full(stream) => {
                         info!(%digest, offset, "registry ignored the range request; downloading again");
                         ingest.restart()?;
+                        stream
                     }
-                    stream
                 }
             };
             let mut stream = stream.stream;

@@ -11,7 +11,6 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 
 use oci_client::Reference;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -66,7 +65,7 @@ impl StoreOptions {
 pub struct ContentStore {
     root: PathBuf,
     blobs: Blobs,
-    refs: Mutex<Refs>,
+    refs: Refs,
     registries: Registries,
     platform: Platform,
     limits: Limits,
@@ -101,19 +100,15 @@ impl ContentStore {
         Ok(ContentStore {
             root,
             blobs,
-            refs: Mutex::new(refs),
+            refs,
             registries,
             platform: options.platform,
             limits: options.unpack_limits,
         })
     }
 
-    /// The name table (a poisoned lock only means another thread panicked
-    /// mid-update; the table on disk is always whole, so go on).
-    fn refs(&self) -> MutexGuard<'_, Refs> {
-        self.refs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn refs(&self) -> &Refs {
+        &self.refs
     }
 
     /// The root directory.
@@ -297,7 +292,7 @@ impl ContentStore {
         }
         if reference.digest().is_none() {
             self.refs()
-                .set(&name, &top)
+                .set(&name, &top, false)
                 .map_err(io("writing refs.json"))?;
         }
         let image = self
@@ -309,10 +304,10 @@ impl ContentStore {
         Ok(image)
     }
 
-    /// Records a name for a top-level digest (archive imports).
+    /// Records a pinned name for a top-level digest (archive imports).
     pub(crate) fn set_ref(&self, name: &str, digest: &Digest) -> Result<(), StoreError> {
         self.refs()
-            .set(name, digest)
+            .set(name, digest, true)
             .map_err(io("writing refs.json"))
     }
 
@@ -466,7 +461,12 @@ impl ContentStore {
 
     /// Names in the store and the digests they point at.
     pub fn names(&self) -> Vec<(String, Option<Digest>)> {
-        self.refs().all().map(|(n, d)| (n.to_string(), d)).collect()
+        self.refs().all()
+    }
+
+    /// Top-level digests of pinned (imported) names.
+    pub(crate) fn pinned(&self) -> Vec<Digest> {
+        self.refs().pinned()
     }
 
     pub(crate) fn refs_retain(

@@ -302,6 +302,13 @@ pub struct AgentOptions {
     pub labels: Vec<(String, String)>,
     /// Metrics interval; short values make reports while offline.
     pub metrics_interval_s: Option<u64>,
+    /// Run containers. Off by default so tests about the sync protocol
+    /// never start real containers (their objects are then `unsupported`).
+    pub containers: bool,
+    /// More TOML appended to the config as it is (e.g. `[containers]`
+    /// settings or `[content.registries."host:port"]` tables when
+    /// `containers` is set).
+    pub extra_config: String,
 }
 
 impl Agent {
@@ -338,6 +345,10 @@ impl Agent {
         if let Some(s) = opts.metrics_interval_s {
             text += &format!("[timers]\nmetrics_interval_s = {s}\n");
         }
+        if !opts.containers {
+            text += "[containers]\nenabled = false\n";
+        }
+        text += &opts.extra_config;
         std::fs::write(&config, text).expect("write agent config");
         let mut agent = Agent {
             child: None,

@@ -15,8 +15,19 @@ use crate::bins::cargo;
 use crate::timing::human;
 use crate::{shell, workspace_root};
 
-/// Debian packages the tests need (real MQTT broker, its clients, openssl for test PKI).
-const APT_PACKAGES: &[&str] = &["mosquitto", "mosquitto-clients", "openssl"];
+/// Debian packages the tests need: a real MQTT broker and its clients,
+/// openssl for test PKI, runc for containers, a real OCI registry
+/// (docker-registry) with htpasswd (apache2-utils) for its basic auth,
+/// and busybox-static for the test images.
+const APT_PACKAGES: &[&str] = &[
+    "mosquitto",
+    "mosquitto-clients",
+    "openssl",
+    "runc",
+    "docker-registry",
+    "apache2-utils",
+    "busybox-static",
+];
 
 /// Advisories deliberately accepted by the audit step, as `(id, reason)`.
 ///
@@ -44,8 +55,9 @@ pub struct TestArgs {
 /// The steps of the pipeline, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Step {
-    /// Install missing apt packages (mosquitto, mosquitto-clients, openssl)
-    /// and rustup components (rustfmt, clippy).
+    /// Install missing apt packages (mosquitto, mosquitto-clients, openssl,
+    /// runc, docker-registry, apache2-utils, busybox-static) and rustup
+    /// components (rustfmt, clippy).
     Deps,
     /// `cargo fmt --all -- --check`.
     Fmt,
