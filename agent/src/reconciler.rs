@@ -380,9 +380,28 @@ impl Reconciler {
 
     /// Fetches the artifacts of a workload that is about to be applied.
     async fn step_artifacts(&mut self, name: &str, now: Instant) {
+        // A workload whose slice this agent cannot build will never run:
+        // fetching its artifacts would only fill the disk.
+        let slice_unsupported = self.objects.get(name).and_then(|t| match &t.spec {
+            Some(ObjectSpec::Workload(w)) => w
+                .slice
+                .as_ref()
+                .filter(|s| self.objects.get(*s).map(|st| st.phase) == Some(Phase::Unsupported))
+                .cloned(),
+            _ => None,
+        });
         let Some(t) = self.objects.get_mut(name) else {
             return;
         };
+        if let Some(slice) = slice_unsupported {
+            if matches!(t.phase, Phase::Pending | Phase::Unsupported) {
+                t.set(
+                    Phase::Pending,
+                    format!("waiting for slice {slice} (unsupported)"),
+                );
+            }
+            return;
+        }
         let (Some(kind), Some(spec)) = (t.kind, t.spec.clone()) else {
             return;
         };
@@ -691,6 +710,38 @@ mod tests {
             Reconciler::new(runtimes, vec![], Backoff::default()),
             script,
         )
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn nothing_is_fetched_for_a_workload_whose_slice_cannot_exist() {
+        let script = Rc::new(RefCell::new(Script::default()));
+        let runtimes = Runtimes {
+            slice: None,
+            container: Some(Box::new(TestRuntime(script.clone()))),
+            vm: None,
+            artifacts: Some(Box::new(TestArtifacts(script.clone()))),
+            why_missing: Default::default(),
+            wake: Default::default(),
+        };
+        let mut r = Reconciler::new(runtimes, vec![], Backoff::default());
+        r.set_desired(doc(
+            1,
+            vec![slice("net", 10)],
+            vec![container("cam", Some("net")), container("solo", None)],
+        ));
+        let now = Instant::now();
+        r.pass(now).await;
+        let state = r.pass(now).await.report.unwrap_or_else(|| r.actual());
+        let cam = state.objects.iter().find(|o| o.name == "cam").expect("cam");
+        assert_eq!(cam.phase, Phase::Pending);
+        assert_eq!(cam.message, "waiting for slice net (unsupported)");
+        let calls = script.borrow().calls.clone();
+        assert!(calls.iter().all(|c| !c.contains("cam")), "{calls:?}");
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("fetch")).count(),
+            1,
+            "only solo's image: {calls:?}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -20,6 +20,21 @@ const EXAMPLE_MANIFEST: &str = include_str!("../../examples/fleet.yaml");
 /// Device name of the demo agent.
 const DEVICE: &str = "edge-1";
 
+/// A second manifest with a container the demo can really run: busybox's
+/// httpd from the image the demo imports, health-checked over TCP.
+const DEMO_MANIFEST: &str = "\
+name: edge-1-demo
+devices: [edge-1]
+workloads:
+  - name: hello
+    container:
+      image: demo/busybox:latest
+      command: [/bin/sh, -c, 'echo hello from a mecvisor container on $(hostname); exec httpd -f -p 8080 -h /var/www']
+      health: {tcp_port: 8080, interval_s: 2}
+    resources: {memory_mib: 32, cpu_millis: 250}
+    restart: on-failure
+";
+
 /// Options of `cargo xtask demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -146,8 +161,26 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .with_context(|| format!("writing {}", manifest_path.display()))?;
     fleetctl.print(&["apply", "-f", &manifest_path.to_string_lossy()])?;
 
+    println!("\n==> a container from an imported image");
+    let containers = import_demo_image(&bins, &dir, &agent.config);
+    if containers {
+        let demo_path = dir.join("demo.yaml");
+        std::fs::write(&demo_path, DEMO_MANIFEST)
+            .with_context(|| format!("writing {}", demo_path.display()))?;
+        fleetctl.print(&["apply", "-f", &demo_path.to_string_lossy()])?;
+    }
+
     let generation = wait_converged(&fleetctl, [&mut controller.proc, &mut agent.proc], timeout)?;
     println!("{DEVICE} acked generation {generation}");
+    if containers {
+        wait_running(
+            &fleetctl,
+            "hello",
+            [&mut controller.proc, &mut agent.proc],
+            timeout,
+        )?;
+        println!("container hello is running");
+    }
 
     println!("\n==> fleetctl describe device {DEVICE}");
     fleetctl.print(&["describe", "device", DEVICE])?;
@@ -158,6 +191,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             .arg("--config")
             .arg(&agent.config),
     )?;
+    if containers {
+        println!("\n==> edge-agent logs hello");
+        shell::run(
+            Command::new(&bins.agent)
+                .args(["logs", "hello", "--config"])
+                .arg(&agent.config),
+        )?;
+    }
 
     if args.keep_running {
         print_keep_running(
@@ -174,12 +215,110 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             let _kept = t.keep();
         }
     } else {
+        if containers {
+            // Containers outlive agent restarts by design: remove the demo's
+            // before stopping the agent.
+            println!(
+                "\n==> fleetctl delete manifest edge-1-demo (the agent removes the container)"
+            );
+            fleetctl.print(&["delete", "manifest", "edge-1-demo"])?;
+            wait_gone(
+                &fleetctl,
+                "hello",
+                [&mut controller.proc, &mut agent.proc],
+                timeout,
+            )?;
+        }
         println!("\n==> stopping edge-agent and fleet-controller");
         agent.proc.stop();
         controller.proc.stop();
         println!("demo finished");
     }
     Ok(())
+}
+
+/// Installs runc and busybox-static when missing (as root), writes the demo
+/// image and imports it with `edge-agent import`. False, with the reason
+/// printed, when containers cannot run here (the demo goes on without).
+fn import_demo_image(bins: &Bins, dir: &Path, agent_config: &Path) -> bool {
+    let prepared =
+        crate::debian::ensure_packages(&["runc", "busybox-static"], false).and_then(|()| {
+            let layout = dir.join("demo-image");
+            crate::demo_image::write_layout(&layout)?;
+            shell::run(
+                Command::new(&bins.agent)
+                    .arg("import")
+                    .arg(&layout)
+                    .args(["--name", "demo/busybox", "--config"])
+                    .arg(agent_config),
+            )
+        });
+    match prepared {
+        Ok(()) => true,
+        Err(e) => {
+            println!("skipping the container part of the demo: {e:#}");
+            false
+        }
+    }
+}
+
+/// The phase of object `name` in `fleetctl describe device`, if listed.
+fn object_phase(fleetctl: &Fleetctl, name: &str) -> Result<Option<String>> {
+    let device = fleetctl.json(&["describe", "device", DEVICE])?;
+    Ok(device
+        .get("objects")
+        .and_then(Value::as_array)
+        .and_then(|objects| {
+            objects
+                .iter()
+                .find(|o| o.get("name").and_then(Value::as_str) == Some(name))
+        })
+        .and_then(|o| o.get("phase").and_then(Value::as_str))
+        .map(str::to_string))
+}
+
+/// Polls until object `name` is reported running.
+fn wait_running(
+    fleetctl: &Fleetctl,
+    name: &str,
+    mut procs: [&mut Proc; 2],
+    timeout: Duration,
+) -> Result<()> {
+    wait_for(
+        &format!("{name} to run"),
+        timeout,
+        Duration::from_millis(200),
+        |note| {
+            for p in procs.iter_mut() {
+                p.ensure_running()?;
+            }
+            let phase = object_phase(fleetctl, name).unwrap_or(None);
+            *note = format!("phase {phase:?}");
+            Ok((phase.as_deref() == Some("running")).then_some(()))
+        },
+    )
+}
+
+/// Polls until object `name` is no longer reported.
+fn wait_gone(
+    fleetctl: &Fleetctl,
+    name: &str,
+    mut procs: [&mut Proc; 2],
+    timeout: Duration,
+) -> Result<()> {
+    wait_for(
+        &format!("{name} to be removed"),
+        timeout,
+        Duration::from_millis(200),
+        |note| {
+            for p in procs.iter_mut() {
+                p.ensure_running()?;
+            }
+            let phase = object_phase(fleetctl, name)?;
+            *note = format!("phase {phase:?}");
+            Ok(phase.is_none().then_some(()))
+        },
+    )
 }
 
 /// Polls `fleetctl get devices -o json` until the demo device is online.

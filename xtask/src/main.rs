@@ -11,6 +11,7 @@ mod cross;
 mod deb;
 mod debian;
 mod demo;
+mod demo_image;
 mod fuzz;
 mod hil;
 mod images;

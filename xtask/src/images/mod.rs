@@ -18,7 +18,7 @@ pub mod cas;
 mod kernel;
 mod oci;
 pub mod tools;
-mod tree;
+pub mod tree;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
