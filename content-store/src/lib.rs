@@ -46,4 +46,23 @@ mod tests {
         fn shared<T: Send + Sync>() {}
         shared::<crate::ContentStore>();
     }
+
+    /// An unpack cut short by a crash leaves its scratch tree in tmp/; the
+    /// next open clears it, and nothing half-unpacked is ever in images/.
+    #[test]
+    fn opening_clears_what_a_crash_left_in_scratch_space() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leftover = dir.path().join("tmp/unpack-0123456789ab-a1b2c3/usr/bin");
+        std::fs::create_dir_all(&leftover).expect("leftover");
+        std::fs::write(leftover.join("half-written"), b"x").expect("file");
+        let store = crate::ContentStore::open(crate::StoreOptions::at(dir.path())).expect("open");
+        assert!(!dir.path().join("tmp/unpack-0123456789ab-a1b2c3").exists());
+        assert!(dir.path().join("tmp").is_dir());
+        assert_eq!(
+            std::fs::read_dir(store.root().join("images"))
+                .expect("images")
+                .count(),
+            0
+        );
+    }
 }

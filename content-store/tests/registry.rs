@@ -28,6 +28,24 @@ fn store_for(dir: &Path, registry: Option<&Registry>, access: RegistryAccess) ->
     ContentStore::open(options).expect("open store")
 }
 
+/// A store that reaches `registry` over plain HTTP and picks `arch` from indexes.
+fn store_for_arch(dir: &Path, registry: &Registry, arch: &str) -> ContentStore {
+    let mut options = StoreOptions::at(dir);
+    options.registries.registries.insert(
+        registry.host(),
+        RegistryAccess {
+            plain_http: true,
+            ..RegistryAccess::default()
+        },
+    );
+    options.platform = Platform {
+        architecture: arch.into(),
+        os: "linux".into(),
+        variant: None,
+    };
+    ContentStore::open(options).expect("store")
+}
+
 fn blob_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("blobs/sha256")).map_or(0, |d| d.count())
 }
@@ -107,39 +125,13 @@ async fn picks_this_platform_from_an_index() {
     let reference = format!("{}/multi:v1", registry.host());
     for (arch, expected) in [("amd64", amd.digest()), ("arm64", arm.digest())] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut options = StoreOptions::at(dir.path());
-        options.registries.registries.insert(
-            registry.host(),
-            RegistryAccess {
-                plain_http: true,
-                ..RegistryAccess::default()
-            },
-        );
-        options.platform = Platform {
-            architecture: arch.into(),
-            os: "linux".into(),
-            variant: None,
-        };
-        let store = ContentStore::open(options).expect("store");
+        let store = store_for_arch(dir.path(), &registry, arch);
         let image = store.ensure(&reference).await.expect("pull index");
         assert_eq!(image.digest.to_string(), expected, "{arch}");
         assert!(store.resolve_local(&reference).expect("resolve").is_some());
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut options = StoreOptions::at(dir.path());
-    options.registries.registries.insert(
-        registry.host(),
-        RegistryAccess {
-            plain_http: true,
-            ..Default::default()
-        },
-    );
-    options.platform = Platform {
-        architecture: "riscv64".into(),
-        os: "linux".into(),
-        variant: None,
-    };
-    let store = ContentStore::open(options).expect("store");
+    let store = store_for_arch(dir.path(), &registry, "riscv64");
     let err = store
         .ensure(&reference)
         .await

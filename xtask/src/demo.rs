@@ -173,9 +173,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let generation = wait_converged(&fleetctl, [&mut controller.proc, &mut agent.proc], timeout)?;
     println!("{DEVICE} acked generation {generation}");
     if containers {
-        wait_running(
+        wait_phase(
             &fleetctl,
             "hello",
+            Some("running"),
             [&mut controller.proc, &mut agent.proc],
             timeout,
         )?;
@@ -222,9 +223,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 "\n==> fleetctl delete manifest edge-1-demo (the agent removes the container)"
             );
             fleetctl.print(&["delete", "manifest", "edge-1-demo"])?;
-            wait_gone(
+            wait_phase(
                 &fleetctl,
                 "hello",
+                None,
                 [&mut controller.proc, &mut agent.proc],
                 timeout,
             )?;
@@ -277,48 +279,26 @@ fn object_phase(fleetctl: &Fleetctl, name: &str) -> Result<Option<String>> {
         .map(str::to_string))
 }
 
-/// Polls until object `name` is reported running.
-fn wait_running(
+/// Polls until object `name` is in `phase` (`None`: no longer listed).
+fn wait_phase(
     fleetctl: &Fleetctl,
     name: &str,
+    phase: Option<&str>,
     mut procs: [&mut Proc; 2],
     timeout: Duration,
 ) -> Result<()> {
-    wait_for(
-        &format!("{name} to run"),
-        timeout,
-        Duration::from_millis(200),
-        |note| {
-            for p in procs.iter_mut() {
-                p.ensure_running()?;
-            }
-            let phase = object_phase(fleetctl, name).unwrap_or(None);
-            *note = format!("phase {phase:?}");
-            Ok((phase.as_deref() == Some("running")).then_some(()))
-        },
-    )
-}
-
-/// Polls until object `name` is no longer reported.
-fn wait_gone(
-    fleetctl: &Fleetctl,
-    name: &str,
-    mut procs: [&mut Proc; 2],
-    timeout: Duration,
-) -> Result<()> {
-    wait_for(
-        &format!("{name} to be removed"),
-        timeout,
-        Duration::from_millis(200),
-        |note| {
-            for p in procs.iter_mut() {
-                p.ensure_running()?;
-            }
-            let phase = object_phase(fleetctl, name)?;
-            *note = format!("phase {phase:?}");
-            Ok(phase.is_none().then_some(()))
-        },
-    )
+    let what = match phase {
+        Some(p) => format!("{name} to be {p}"),
+        None => format!("{name} to be removed"),
+    };
+    wait_for(&what, timeout, Duration::from_millis(200), |note| {
+        for p in procs.iter_mut() {
+            p.ensure_running()?;
+        }
+        let now = object_phase(fleetctl, name)?;
+        *note = format!("phase {now:?}");
+        Ok((now.as_deref() == phase).then_some(()))
+    })
 }
 
 /// Polls `fleetctl get devices -o json` until the demo device is online.
