@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::registry::{read_response, Registry};
+use crate::registry::{Authorizer, Registry};
 
 /// Debian's busybox-static binary (static x86_64).
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -359,13 +359,26 @@ pub fn uncompressed_layer(layer: &Blob) -> Vec<u8> {
 /// Pushes every blob and the manifest under `repo:tag` over the OCI
 /// distribution API (monolithic `POST` + `PUT ?digest=` uploads, blobs the
 /// registry already has are skipped), over HTTP or HTTPS with the
-/// registry's CA, with basic auth if the registry has it. Returns the
-/// manifest digest.
+/// registry's CA, with basic auth if the registry has it, or, on a 401 with
+/// a `Bearer` challenge (token auth), with a token fetched from the
+/// challenge's realm with the registry's credentials. Returns the manifest
+/// digest.
 pub fn push(registry: &Registry, repo: &str, tag: &str, image: &TestImage) -> String {
+    let mut auth = Authorizer::new(registry);
+    push_image(&mut auth, registry, repo, tag, image)
+}
+
+fn push_image(
+    auth: &mut Authorizer,
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    image: &TestImage,
+) -> String {
     for blob in image.blobs() {
-        push_blob(registry, repo, blob);
+        push_blob(auth, registry, repo, blob);
     }
-    put_manifest(registry, repo, tag, &image.manifest)
+    put_manifest(auth, registry, repo, tag, &image.manifest)
 }
 
 /// Pushes each image (by digest) and an OCI image index pointing at their
@@ -377,10 +390,11 @@ pub fn push_index(
     tag: &str,
     images: &[(&TestImage, &str)],
 ) -> String {
+    let mut auth = Authorizer::new(registry);
     for (image, _) in images {
-        push(registry, repo, image.digest(), image);
+        push_image(&mut auth, registry, repo, image.digest(), image);
     }
-    put_manifest(registry, repo, tag, &image_index(images))
+    put_manifest(&mut auth, registry, repo, tag, &image_index(images))
 }
 
 /// An OCI image index over `images` with platform `linux/<arch>`.
@@ -402,35 +416,36 @@ pub fn image_index(images: &[(&TestImage, &str)]) -> Blob {
 }
 
 /// Uploads one blob unless the registry has it already.
-fn push_blob(registry: &Registry, repo: &str, blob: &Blob) {
+fn push_blob(auth: &mut Authorizer, registry: &Registry, repo: &str, blob: &Blob) {
     let path = format!("/v2/{repo}/blobs/{}", blob.digest);
-    let head = with_auth(registry, registry.agent().head(registry.url(&path)))
-        .call()
-        .unwrap_or_else(|e| panic!("HEAD {path}: {e}"));
+    let url = registry.url(&path);
+    let head = auth.send(&format!("HEAD {path}"), |authorization| {
+        with_auth(authorization, registry.agent().head(&url)).call()
+    });
     if head.status() == 200 {
         return;
     }
-    let location = start_upload(registry, repo);
+    let location = start_upload(auth, registry, repo);
     let separator = if location.contains('?') { '&' } else { '?' };
     let url = format!("{location}{separator}digest={}", blob.digest);
-    let response = with_auth(registry, registry.agent().put(&url))
-        .header("Content-Type", "application/octet-stream")
-        .send(blob.bytes.as_slice())
-        .unwrap_or_else(|e| panic!("PUT blob {} to {repo}: {e}", blob.digest));
-    expect_status(
-        read_response(response),
-        201,
-        &format!("PUT blob {}", blob.digest),
-    );
+    let what = format!("PUT blob {} to {repo}", blob.digest);
+    let response = auth.send(&what, |authorization| {
+        with_auth(authorization, registry.agent().put(&url))
+            .header("Content-Type", "application/octet-stream")
+            .send(blob.bytes.as_slice())
+    });
+    expect_status(response, 201, &what);
 }
 
 /// `POST /v2/<repo>/blobs/uploads/`; returns the absolute upload URL.
-fn start_upload(registry: &Registry, repo: &str) -> String {
+fn start_upload(auth: &mut Authorizer, registry: &Registry, repo: &str) -> String {
     let path = format!("/v2/{repo}/blobs/uploads/");
-    let response = with_auth(registry, registry.agent().post(registry.url(&path)))
-        .send_empty()
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-    let response = expect_status(read_response(response), 202, &format!("POST {path}"));
+    let url = registry.url(&path);
+    let what = format!("POST {path}");
+    let response = auth.send(&what, |authorization| {
+        with_auth(authorization, registry.agent().post(&url)).send_empty()
+    });
+    let response = expect_status(response, 202, &what);
     let location =
         header(&response, "Location").unwrap_or_else(|| panic!("POST {path}: no Location header"));
     if location.starts_with('/') {
@@ -442,13 +457,22 @@ fn start_upload(registry: &Registry, repo: &str) -> String {
 
 /// `PUT /v2/<repo>/manifests/<reference>`; returns the digest the registry
 /// reports (checked against ours).
-fn put_manifest(registry: &Registry, repo: &str, reference: &str, manifest: &Blob) -> String {
+fn put_manifest(
+    auth: &mut Authorizer,
+    registry: &Registry,
+    repo: &str,
+    reference: &str,
+    manifest: &Blob,
+) -> String {
     let path = format!("/v2/{repo}/manifests/{reference}");
-    let response = with_auth(registry, registry.agent().put(registry.url(&path)))
-        .header("Content-Type", &manifest.media_type)
-        .send(manifest.bytes.as_slice())
-        .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-    let response = expect_status(read_response(response), 201, &format!("PUT {path}"));
+    let url = registry.url(&path);
+    let what = format!("PUT {path}");
+    let response = auth.send(&what, |authorization| {
+        with_auth(authorization, registry.agent().put(&url))
+            .header("Content-Type", &manifest.media_type)
+            .send(manifest.bytes.as_slice())
+    });
+    let response = expect_status(response, 201, &what);
     if let Some(digest) = header(&response, "Docker-Content-Digest") {
         assert_eq!(
             digest, manifest.digest,
@@ -458,9 +482,12 @@ fn put_manifest(registry: &Registry, repo: &str, reference: &str, manifest: &Blo
     manifest.digest.clone()
 }
 
-/// Adds the registry's `Authorization` header, if any.
-fn with_auth<B>(registry: &Registry, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-    match registry.authorization() {
+/// Adds an `Authorization` header, if any.
+fn with_auth<B>(
+    authorization: Option<&str>,
+    request: ureq::RequestBuilder<B>,
+) -> ureq::RequestBuilder<B> {
+    match authorization {
         Some(auth) => request.header("Authorization", auth),
         None => request,
     }
