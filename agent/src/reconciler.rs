@@ -671,6 +671,7 @@ mod tests {
             restart: RestartPolicy::Always,
             allow: Vec::new(),
             port_qos: None,
+            address: None,
         }
     }
 

@@ -82,6 +82,7 @@ fn desired(generation: u64) -> DesiredState {
             restart: RestartPolicy::OnFailure,
             allow: Vec::new(),
             port_qos: None,
+            address: None,
         }],
     };
     DesiredState {

@@ -36,6 +36,7 @@ fn document(generation: u64) -> DesiredState {
             restart: RestartPolicy::Always,
             allow: Vec::new(),
             port_qos: None,
+            address: None,
         })
         .collect();
     let spec = DeviceSpec {

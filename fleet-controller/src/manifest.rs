@@ -37,7 +37,7 @@ pub struct ManifestError {
 
 /// Keys a workload may have; serde's `flatten` on `WorkloadSpec` disables
 /// `deny_unknown_fields`, so they are checked here.
-const WORKLOAD_KEYS: [&str; 8] = [
+const WORKLOAD_KEYS: [&str; 9] = [
     "name",
     "container",
     "vm",
@@ -46,6 +46,7 @@ const WORKLOAD_KEYS: [&str; 8] = [
     "restart",
     "allow",
     "port_qos",
+    "address",
 ];
 
 impl Manifest {

@@ -33,6 +33,7 @@ pub mod plan;
 pub mod shaping;
 pub mod slicer;
 pub mod status;
+pub mod workload_net;
 
 pub use model::{Port, Rates, Slice};
 pub use slicer::{ApplyReport, Slicer, SlicerError};

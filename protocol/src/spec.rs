@@ -144,6 +144,12 @@ pub struct WorkloadSpec {
     #[n(6)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_qos: Option<QosSpec>,
+    /// The workload's IPv4 address on its slice (inside the slice's
+    /// subnet, not its gateway), e.g. `10.100.0.10`; the slice's gateway is
+    /// its default route. Without one the port carries no address.
+    #[n(7)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// Traffic from another slice that a workload accepts.

@@ -220,6 +220,7 @@ impl DeviceSpec {
         }
         let slice_names: HashSet<&str> = self.slices.iter().map(|s| s.name.as_str()).collect();
         let mut workload_names = HashSet::new();
+        let mut addresses: HashMap<(&str, &str), &str> = HashMap::new();
         for (i, workload) in self.workloads.iter().enumerate() {
             let at = |field: &str| format!("workloads[{i}].{field}");
             workload_problems(workload, &at, &mut out);
@@ -238,6 +239,38 @@ impl DeviceSpec {
                 }
             }
             network_problems(workload, &slice_names, &at, &mut out);
+            if let Some(address) = &workload.address {
+                let slice = workload
+                    .slice
+                    .as_deref()
+                    .and_then(|name| self.slices.iter().find(|s| s.name == name));
+                let problem = match slice {
+                    None if workload.slice.is_none() => {
+                        Some("an address needs the workload to join a slice".to_string())
+                    }
+                    None => None, // the unknown slice is reported already
+                    Some(s) if s.subnet.is_none() => Some(format!(
+                        "slice {:?} has no subnet to take an address from",
+                        s.name
+                    )),
+                    Some(s) if s.gateway.as_deref() == Some(address.as_str()) => {
+                        Some(format!("{address} is the gateway of slice {:?}", s.name))
+                    }
+                    Some(s) => check_gateway(address, s.subnet.as_deref())
+                        .err()
+                        .or_else(|| {
+                            addresses
+                                .insert((&s.name, address), &workload.name)
+                                .map(|other| format!("{address} is already workload {other:?}'s"))
+                        }),
+                };
+                if let Some(message) = problem {
+                    out.push(Problem {
+                        path: at("address"),
+                        message,
+                    });
+                }
+            }
         }
         out
     }
@@ -337,7 +370,8 @@ fn slice_problems(slice: &SliceSpec, at: &dyn Fn(&str) -> String, out: &mut Vec<
     }
 }
 
-/// A gateway is a host address inside the slice's subnet.
+/// A gateway (or a workload's address) is a host address inside the
+/// slice's subnet.
 fn check_gateway(gateway: &str, subnet: Option<&str>) -> Result<(), String> {
     let address: std::net::Ipv4Addr = gateway
         .parse()

@@ -303,3 +303,54 @@ fn gateways_sit_inside_their_subnet_and_bursts_hold_a_frame() {
         );
     }
 }
+
+#[test]
+fn workload_addresses_sit_in_their_slice_subnet_once() {
+    let mut spec = common::sample_spec();
+    spec.workloads[0].address = Some("10.100.0.10".into());
+    assert!(problems(&spec).is_empty(), "{:#?}", problems(&spec));
+
+    let mut twin = spec.workloads[0].clone();
+    twin.name = "twin".into();
+    spec.workloads.push(twin);
+    spec.workloads[1].address = Some("10.1.2.3".into());
+    let found = problems(&spec);
+    assert!(
+        found.contains(
+            &"workloads[2].address: 10.100.0.10 is already workload \"transcoder\"'s".to_string()
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found.contains(
+            &"workloads[1].address: slice \"iot\" has no subnet to take an address from"
+                .to_string()
+        ),
+        "{found:#?}"
+    );
+    spec.workloads[2].address = Some("10.100.0.255".into());
+    spec.workloads[1].slice = None;
+    spec.workloads[1].address = Some("10.100.0.11".into());
+    let found = problems(&spec);
+    assert!(
+        found.iter().any(
+            |p| p.starts_with("workloads[2].address: 10.100.0.255 is the network or broadcast")
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found.contains(
+            &"workloads[1].address: an address needs the workload to join a slice".to_string()
+        ),
+        "{found:#?}"
+    );
+    spec.slices[0].gateway = Some("10.100.0.1".into());
+    spec.workloads[2].address = Some("10.100.0.1".into());
+    assert!(
+        problems(&spec).contains(
+            &"workloads[2].address: 10.100.0.1 is the gateway of slice \"video\"".to_string()
+        ),
+        "{:#?}",
+        problems(&spec)
+    );
+}

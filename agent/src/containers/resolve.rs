@@ -202,6 +202,7 @@ mod tests {
             restart: RestartPolicy::Always,
             allow: Vec::new(),
             port_qos: None,
+            address: None,
         }
     }
 

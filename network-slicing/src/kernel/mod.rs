@@ -12,7 +12,7 @@ use std::path::Path;
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
-use rtnetlink::{LinkBridge, LinkUnspec, LinkVlan};
+use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, LinkVlan, RouteMessageBuilder};
 
 use crate::names::LINK_GROUP;
 
@@ -66,6 +66,76 @@ impl Kernel {
         .map_err(KernelError::Socket)?;
         tokio::spawn(connection);
         Ok(Kernel { handle })
+    }
+
+    /// Creates a veth pair `name` <-> `peer` (both here, down).
+    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(), KernelError> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                what: format!("create veth {name} <-> {peer}"),
+                source,
+            })
+    }
+
+    /// Moves link `index` into the network namespace open as `netns`.
+    pub async fn move_to_netns(
+        &self,
+        index: u32,
+        netns: &std::fs::File,
+        what: &str,
+    ) -> Result<(), KernelError> {
+        use std::os::fd::AsRawFd;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(netns.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                what: what.to_string(),
+                source,
+            })
+    }
+
+    /// Renames link `index` (it must be down).
+    pub async fn rename(&self, index: u32, name: &str, what: &str) -> Result<(), KernelError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(name.to_string())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                what: what.to_string(),
+                source,
+            })
+    }
+
+    /// Adds the default route via `gateway` (replacing one that exists).
+    pub async fn set_default_route(&self, gateway: std::net::Ipv4Addr) -> Result<(), KernelError> {
+        let route = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                what: format!("default route via {gateway}"),
+                source,
+            })
     }
 
     /// Every link in the namespace.

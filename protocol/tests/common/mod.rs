@@ -52,6 +52,7 @@ pub fn sample_spec() -> DeviceSpec {
                 restart: RestartPolicy::OnFailure,
                 allow: Vec::new(),
                 port_qos: None,
+                address: None,
             },
             WorkloadSpec {
                 name: "upf".into(),
@@ -73,6 +74,7 @@ pub fn sample_spec() -> DeviceSpec {
                 restart: RestartPolicy::Always,
                 allow: Vec::new(),
                 port_qos: None,
+                address: None,
             },
         ],
     }
