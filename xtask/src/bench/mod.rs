@@ -3,6 +3,7 @@
 //! Benchmarks measure; they are not tests. A figure that misses its target is
 //! marked MISS and the command still succeeds unless `--fail-on-miss` is given.
 
+mod containers;
 mod idle_rss;
 mod lab;
 mod mosquitto;
@@ -21,6 +22,8 @@ pub struct BenchArgs {
     name: Option<BenchName>,
     #[command(flatten)]
     sync: sync::SyncArgs,
+    #[command(flatten)]
+    containers: containers::ContainersArgs,
     /// Exit with an error when a figure misses its target.
     #[arg(long)]
     fail_on_miss: bool,
@@ -39,13 +42,22 @@ enum BenchName {
     /// slicer vs the equivalent ip/tc/nft script, and iperf3 goodput at
     /// 10/100/1000 Mbit/s PIR. Needs root.
     Slicing,
+    /// Containers: start latency of mecvisor's container manager vs runc,
+    /// crun and podman on the same busybox image, and pull throughput from
+    /// a loopback registry vs podman pull. Needs root.
+    Containers,
 }
 
 /// Runs the selected benchmarks.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let selected = match args.name {
         Some(name) => vec![name],
-        None => vec![BenchName::Sync, BenchName::Lab, BenchName::Slicing],
+        None => vec![
+            BenchName::Sync,
+            BenchName::Lab,
+            BenchName::Slicing,
+            BenchName::Containers,
+        ],
     };
     let mut misses = 0;
     for name in selected {
@@ -53,6 +65,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             BenchName::Sync => sync::run(&args.sync)?,
             BenchName::Lab => lab::run()?,
             BenchName::Slicing => slicing::run()?,
+            BenchName::Containers => containers::run(&args.containers)?,
         };
         table.print();
         misses += table.misses();
