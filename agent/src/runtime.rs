@@ -193,11 +193,14 @@ impl Runtimes {
     /// reason logged and reported. Must run on the agent's `LocalSet`.
     pub fn available(config: &crate::config::Config) -> Runtimes {
         let mut runtimes = Runtimes::default();
-        runtimes.add_containers(config);
+        let mut slice_net = None;
         let slicing = &config.slicing;
         if slicing.enabled {
             match crate::slicing::SliceRuntime::connect(slicing) {
-                Ok(runtime) => runtimes.slice = Some(Box::new(runtime)),
+                Ok(runtime) => {
+                    slice_net = Some(runtime.shared());
+                    runtimes.slice = Some(Box::new(runtime));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "network slicing is enabled but cannot start");
                     runtimes.why_missing.insert(
@@ -213,10 +216,15 @@ impl Runtimes {
                 "network slicing is off in this agent's config ([slicing] enabled = false)".into(),
             );
         }
+        runtimes.add_containers(config, slice_net);
         runtimes
     }
 
-    fn add_containers(&mut self, config: &crate::config::Config) {
+    fn add_containers(
+        &mut self,
+        config: &crate::config::Config,
+        slice_net: Option<crate::slicing::SharedSliceNet>,
+    ) {
         if !config.containers.enabled {
             tracing::info!("containers are off ([containers] enabled = false): containers are reported unsupported");
             self.why_missing.insert(
@@ -244,6 +252,7 @@ impl Runtimes {
         match crate::containers::ContainerRuntime::start(
             &config.containers,
             store,
+            slice_net,
             self.wake.clone(),
         ) {
             Ok(runtime) => self.container = Some(Box::new(runtime)),

@@ -1,26 +1,91 @@
-//! The network slicing runtime: slices are applied as one set through
-//! [`network_slicing::Slicer`], which reads the kernel back, so every call
-//! is idempotent and a slice no longer desired is removed by the next
-//! apply. The reconciler tells the runtime the whole desired set at the
-//! start of each pass ([`Runtime::desired_set`]); applying one slice then
-//! never removes another that the same pass has yet to reach.
+//! The network slicing runtime: slices and the workload ports in them are
+//! applied as one set through [`network_slicing::Slicer`], which reads the
+//! kernel back, so every call is idempotent and a slice no longer desired
+//! is removed by the next apply. The reconciler tells the runtime the whole
+//! desired set at the start of each pass ([`Runtime::desired_set`]);
+//! applying one slice then never removes another that the same pass has
+//! yet to reach.
+//!
+//! Slices and ports live in one [`SliceNet`], shared with the container
+//! runtime: it adds a workload's port once the workload's veth exists, and
+//! every apply (of a slice or a port) carries both, so neither undoes the
+//! other.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use network_slicing::isolation::NfTables;
 use network_slicing::kernel::Kernel;
 use network_slicing::names::{link_name, Role};
-use network_slicing::{Slice, Slicer};
+use network_slicing::{Port, Slice, Slicer};
 use tracing::info;
 
 use crate::config::SlicingConfig;
 use crate::runtime::{ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
 
-/// Slices on this box's network namespace.
-pub struct SliceRuntime {
+/// What the slicer applies: desired slices and the workload ports that
+/// exist, by name.
+pub struct SliceNet {
     slicer: Slicer,
     kernel: Kernel,
-    desired: BTreeMap<String, Slice>,
+    slices: BTreeMap<String, Slice>,
+    ports: BTreeMap<String, Port>,
+}
+
+/// The slice state shared by the slicing and container runtimes (the agent
+/// is single-threaded; the lock is held across a whole apply).
+pub type SharedSliceNet = Rc<tokio::sync::Mutex<SliceNet>>;
+
+impl SliceNet {
+    /// Applies the slices with their ports.
+    pub async fn converge(&mut self) -> Result<(), RuntimeError> {
+        let slices: Vec<Slice> = self.slices.values().cloned().collect();
+        let ports: Vec<Port> = self.ports.values().cloned().collect();
+        let report = self
+            .slicer
+            .apply_with_ports(&slices, &ports)
+            .await
+            .map_err(|e| RuntimeError(e.to_string()))?;
+        if !report.changes.is_empty() {
+            info!(
+                changes = report.changes.len(),
+                ports = ports.len(),
+                "slices converged"
+            );
+        }
+        Ok(())
+    }
+
+    /// A desired slice.
+    pub fn slice(&self, name: &str) -> Option<&Slice> {
+        self.slices.get(name)
+    }
+
+    /// The netlink connection to the box's namespace.
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// Sets (or, with `None`, drops) the port of workload `workload`;
+    /// whether that changed anything.
+    pub fn set_port(&mut self, workload: &str, port: Option<Port>) -> bool {
+        let before = match port.clone() {
+            Some(p) => self.ports.insert(workload.to_string(), p),
+            None => self.ports.remove(workload),
+        };
+        before != port
+    }
+
+    /// Replaces every port (the container runtime's view of which desired
+    /// workloads have one).
+    pub fn set_ports(&mut self, ports: BTreeMap<String, Port>) {
+        self.ports = ports;
+    }
+}
+
+/// Slices on this box's network namespace.
+pub struct SliceRuntime {
+    net: SharedSliceNet,
 }
 
 impl SliceRuntime {
@@ -29,36 +94,38 @@ impl SliceRuntime {
     pub fn connect(config: &SlicingConfig) -> Result<SliceRuntime, RuntimeError> {
         let kernel = Kernel::connect().map_err(|e| RuntimeError(e.to_string()))?;
         let nft = NfTables::open().map_err(|e| RuntimeError(e.to_string()))?;
-        Ok(SliceRuntime {
+        let net = SliceNet {
             slicer: Slicer::new(kernel.clone(), nft, config.capacity_kbit.clone()),
             kernel,
-            desired: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            ports: BTreeMap::new(),
+        };
+        Ok(SliceRuntime {
+            net: Rc::new(tokio::sync::Mutex::new(net)),
         })
     }
 
-    async fn converge(&mut self) -> Result<(), RuntimeError> {
-        let slices: Vec<Slice> = self.desired.values().cloned().collect();
-        let report = self
-            .slicer
-            .apply(&slices)
-            .await
-            .map_err(|e| RuntimeError(e.to_string()))?;
-        if !report.changes.is_empty() {
-            info!(changes = report.changes.len(), "slices converged");
-        }
-        Ok(())
+    /// The shared slice state, for the container runtime.
+    pub fn shared(&self) -> SharedSliceNet {
+        self.net.clone()
     }
 }
 
 impl Runtime for SliceRuntime {
     fn desired_set(&mut self, specs: &[ObjectSpec]) {
-        self.desired = specs
+        let slices = specs
             .iter()
             .filter_map(|spec| match spec {
                 ObjectSpec::Slice(s) => Some((s.name.clone(), Slice::from_spec(s))),
                 ObjectSpec::Workload(_) => None,
             })
             .collect();
+        // Nothing else holds the lock between passes (applies finish
+        // within a pass, and the reconciler calls this before any).
+        match self.net.try_lock() {
+            Ok(mut net) => net.slices = slices,
+            Err(_) => tracing::error!("slice state busy; desired slices not updated this pass"),
+        }
     }
 
     fn apply<'a>(&'a mut self, spec: &'a ObjectSpec) -> RuntimeFuture<'a, ()> {
@@ -66,23 +133,25 @@ impl Runtime for SliceRuntime {
             let ObjectSpec::Slice(slice) = spec else {
                 return Err(RuntimeError(format!("{} is not a slice", spec.name())));
             };
-            self.desired
+            let mut net = self.net.lock().await;
+            net.slices
                 .insert(slice.name.clone(), Slice::from_spec(slice));
-            self.converge().await
+            net.converge().await
         })
     }
 
     fn remove<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, ()> {
         Box::pin(async move {
-            self.desired.remove(name);
-            self.converge().await
+            let mut net = self.net.lock().await;
+            net.slices.remove(name);
+            net.converge().await
         })
     }
 
     fn observe<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, Observed> {
         Box::pin(async move {
-            let links = self
-                .kernel
+            let kernel = self.net.lock().await.kernel.clone();
+            let links = kernel
                 .links()
                 .await
                 .map_err(|e| RuntimeError(e.to_string()))?;

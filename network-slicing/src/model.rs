@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use mecvisor_protocol::{AllowRule, QosSpec, QosTier, SliceSpec};
+use mecvisor_protocol::{AllowRule, QosSpec, QosTier, SliceSpec, WorkloadSpec};
 
 /// Shaping parameters of one slice, all explicit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,32 @@ pub struct Port {
     pub allow: Vec<AllowRule>,
     /// Shaping towards the workload (HTB on the port), if any.
     pub limit: Option<Rates>,
+}
+
+impl Port {
+    /// The port of a (validated) workload that joins a slice, named as
+    /// [`crate::workload_net`] names it; `None` without a slice.
+    pub fn of_workload(spec: &WorkloadSpec) -> Option<Port> {
+        Some(Port {
+            name: crate::workload_net::port_name(&spec.name),
+            slice: spec.slice.clone()?,
+            address: spec.address.as_deref().and_then(|a| a.parse().ok()),
+            allow: spec.allow.clone(),
+            limit: spec.port_qos.as_ref().map(Rates::resolve),
+        })
+    }
+}
+
+impl Slice {
+    /// The prefix length of the slice's subnet, if it has one.
+    pub fn prefix(&self) -> Option<u8> {
+        let subnet = self.subnet.as_deref()?;
+        Some(
+            mecvisor_protocol::validate::Ipv4Net::parse(subnet)
+                .ok()?
+                .prefix,
+        )
+    }
 }
 
 #[cfg(test)]

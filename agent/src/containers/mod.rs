@@ -22,18 +22,23 @@ use containers::{
 };
 use content_store::ContentStore;
 use mecvisor_protocol::{WorkloadKind, WorkloadSpec};
+use network_slicing::Port;
 use std::time::Instant;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::ContainersConfig;
 use crate::runtime::{ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
+use crate::slicing::SharedSliceNet;
 
 pub use health::{HealthSettings, HealthState, Probe};
 pub use resolve::{container_config, volumes_dir};
 
 /// How often the watcher looks at exits and due health checks.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Where workloads' network namespaces are bound (tmpfs: gone on reboot,
+/// made again when the containers are).
+const NETNS_DIR: &str = "/run/mecvisor/netns";
 
 /// A container this agent process applied or adopted.
 struct Running {
@@ -51,6 +56,8 @@ struct Inner {
     /// Desired container specs, by name (health settings for containers
     /// adopted from an earlier agent process).
     desired: RefCell<BTreeMap<String, WorkloadSpec>>,
+    /// Slices and ports, when network slicing is on.
+    slice_net: Option<SharedSliceNet>,
 }
 
 /// Runs container workloads.
@@ -69,6 +76,7 @@ impl ContainerRuntime {
     pub fn start(
         config: &ContainersConfig,
         store: Arc<ContentStore>,
+        slice_net: Option<SharedSliceNet>,
         wake: Rc<Notify>,
     ) -> Result<ContainerRuntime, String> {
         let runtime = OciRuntime::new(&config.runtime, &config.runtime_root);
@@ -97,6 +105,7 @@ impl ContainerRuntime {
             wake,
             running: RefCell::new(BTreeMap::new()),
             desired: RefCell::new(BTreeMap::new()),
+            slice_net,
         });
         tokio::task::spawn_local(watch(Rc::downgrade(&inner)));
         Ok(ContainerRuntime { inner })
@@ -148,6 +157,62 @@ async fn watch(inner: Weak<Inner>) {
     }
 }
 
+/// Makes the workload's network namespace and port, puts the port in its
+/// slice (with its address, allow rules and shaping); returns the
+/// namespace to join.
+async fn join_slice(
+    inner: &Inner,
+    workload: &WorkloadSpec,
+    slice: &str,
+) -> Result<PathBuf, RuntimeError> {
+    let Some(shared) = &inner.slice_net else {
+        return Err(RuntimeError(format!(
+            "the workload joins slice {slice}, but network slicing is off on this agent"
+        )));
+    };
+    let mut net = shared.lock().await;
+    let desired = net
+        .slice(slice)
+        .cloned()
+        .ok_or_else(|| RuntimeError(format!("slice {slice} is not desired on this box")))?;
+    let address = workload
+        .address
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .zip(desired.prefix());
+    let gateway = desired.gateway.map(|(g, _)| g);
+    let made = network_slicing::workload_net::ensure(
+        net.kernel(),
+        std::path::Path::new(NETNS_DIR),
+        &workload.name,
+        address,
+        gateway,
+    )
+    .await
+    .map_err(|e| RuntimeError(e.to_string()))?;
+    net.set_port(&workload.name, Port::of_workload(workload));
+    // Always applied: the port may have been rebuilt even when its entry
+    // did not change.
+    net.converge().await?;
+    info!(workload = %workload.name, slice, port = %made.port, "workload port in its slice");
+    Ok(made.netns)
+}
+
+/// Takes the workload's port out of its slice and removes its namespace
+/// (nothing to do when it had none).
+async fn leave_slice(inner: &Inner, workload: &str) -> Result<(), RuntimeError> {
+    let Some(shared) = &inner.slice_net else {
+        return Ok(());
+    };
+    let mut net = shared.lock().await;
+    if net.set_port(workload, None) {
+        net.converge().await?;
+    }
+    network_slicing::workload_net::remove(net.kernel(), std::path::Path::new(NETNS_DIR), workload)
+        .await
+        .map_err(|e| RuntimeError(e.to_string()))
+}
+
 fn container_of(
     spec: &ObjectSpec,
 ) -> Result<(&WorkloadSpec, &mecvisor_protocol::ContainerSpec), RuntimeError> {
@@ -167,6 +232,24 @@ impl Runtime for ContainerRuntime {
         for spec in specs {
             if let ObjectSpec::Workload(w) = spec {
                 desired.insert(w.name.clone(), w.as_ref().clone());
+            }
+        }
+        // The ports of desired containers that have one already (e.g.
+        // running since before an agent restart): every slice apply must
+        // keep them in their bridges.
+        if let Some(shared) = &self.inner.slice_net {
+            let ports = desired
+                .iter()
+                .filter_map(|(name, w)| Some((name.clone(), Port::of_workload(w)?)))
+                .filter(|(_, p)| {
+                    std::path::Path::new("/sys/class/net")
+                        .join(&p.name)
+                        .exists()
+                })
+                .collect();
+            match shared.try_lock() {
+                Ok(mut net) => net.set_ports(ports),
+                Err(_) => warn!("slice state busy; workload ports not updated this pass"),
             }
         }
     }
@@ -192,8 +275,12 @@ impl Runtime for ContainerRuntime {
                 .await
                 .map_err(blocking_error)?
                 .map_err(|e| RuntimeError(e.to_string()))?;
+            let network_namespace = match &workload.slice {
+                Some(slice) => Some(join_slice(inner, workload, slice).await?),
+                None => None,
+            };
             let volumes = volumes_dir(&inner.state_dir, &name);
-            let config = container_config(
+            let mut config = container_config(
                 workload,
                 container,
                 image.config.config.as_ref(),
@@ -201,6 +288,7 @@ impl Runtime for ContainerRuntime {
                 &volumes,
             )
             .map_err(RuntimeError)?;
+            config.network_namespace = network_namespace;
             let unhealthy = inner
                 .running
                 .borrow()
@@ -269,7 +357,8 @@ impl Runtime for ContainerRuntime {
             })
             .await
             .map_err(blocking_error)?
-            .map_err(RuntimeError)
+            .map_err(RuntimeError)?;
+            leave_slice(inner, name).await
         })
     }
 
