@@ -69,7 +69,17 @@ struct Tracked {
     /// False when the restart policy forbids another attempt.
     retry: bool,
     artifacts_ready: bool,
+    /// A runtime may hold something of this object (it was applied at
+    /// least once, also under an earlier spec): removal must ask it.
+    applied_once: bool,
+    /// When the last successful apply happened; the retry backoff is
+    /// forgotten only after the object has stayed up for
+    /// [`STABLE_AFTER`], so a crash loop keeps backing off.
+    running_since: Option<Instant>,
 }
+
+/// How long an object must keep running before its backoff resets.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 impl Tracked {
     fn from_record(r: ObjectRecord) -> Tracked {
@@ -92,6 +102,8 @@ impl Tracked {
             next_attempt: None,
             retry: true,
             artifacts_ready: false,
+            applied_once: r.phase != Phase::Unsupported,
+            running_since: None,
         }
     }
 
@@ -286,14 +298,16 @@ impl Reconciler {
         PassResult { report, next_wake }
     }
 
-    /// Once per generation, when every object has settled (nothing pending,
-    /// applying or being removed), lets the artifact store drop what no
+    /// Once per generation, when every object has settled (nothing applying
+    /// or being removed), lets the artifact store drop what no
     /// desired object needs.
     async fn collect_garbage(&mut self, desired: &[ObjectSpec], generation: u64) {
+        // Pending objects (e.g. waiting for a slice) do not hold collection
+        // back: their images are desired, so they are kept anyway.
         let settled = self
             .objects
             .values()
-            .all(|t| !matches!(t.phase, Phase::Pending | Phase::Applying | Phase::Removing));
+            .all(|t| !matches!(t.phase, Phase::Applying | Phase::Removing));
         if !settled || self.collected == Some(generation) {
             return;
         }
@@ -325,7 +339,9 @@ impl Reconciler {
                     t.spec = Some(spec.clone());
                 }
                 existing => {
-                    let restarts = existing.map_or(0, |t| t.restarts);
+                    let restarts = existing.as_ref().map_or(0, |t| t.restarts);
+                    let applied_once = existing.as_ref().is_some_and(|t| t.applied_once);
+                    let attempts = existing.as_ref().map_or(0, |t| t.attempts);
                     debug!(object = spec.name(), generation, "object new or changed");
                     self.objects.insert(
                         spec.name().to_string(),
@@ -338,10 +354,12 @@ impl Reconciler {
                             message: String::new(),
                             restarts,
                             generation,
-                            attempts: 0,
+                            attempts,
                             next_attempt: None,
                             retry: true,
                             artifacts_ready: false,
+                            applied_once,
+                            running_since: None,
                         },
                     );
                 }
@@ -354,7 +372,7 @@ impl Reconciler {
             return;
         };
         let runtime = t.kind.and_then(|k| self.runtimes.for_kind(k));
-        let nothing_applied = matches!(t.phase, Phase::Pending | Phase::Unsupported);
+        let nothing_applied = !t.applied_once;
         let Some(runtime) = runtime.filter(|_| !nothing_applied) else {
             info!("no longer desired; nothing was running, forgotten");
             self.objects.remove(name);
@@ -449,7 +467,14 @@ impl Reconciler {
         }
         if t.phase == Phase::Running {
             match runtime.observe(name).await {
-                Ok(Observed::Running) => return,
+                Ok(Observed::Running) => {
+                    let since = *t.running_since.get_or_insert(now);
+                    if t.attempts > 0 && now.saturating_duration_since(since) >= STABLE_AFTER {
+                        debug!(attempts = t.attempts, "stable again; backoff reset");
+                        t.attempts = 0;
+                    }
+                    return;
+                }
                 Ok(Observed::Missing) => {
                     warn!("running object vanished from its runtime; applying again");
                     t.set(Phase::Pending, "vanished from the runtime; applying again");
@@ -511,7 +536,10 @@ impl Reconciler {
         t.set(Phase::Applying, "");
         match runtime.apply(&spec).await {
             Ok(()) => {
-                t.attempts = 0;
+                // attempts is kept until the object proves stable (a
+                // container that crashes right after starting backs off).
+                t.applied_once = true;
+                t.running_since = Some(now);
                 t.next_attempt = None;
                 t.set(Phase::Running, "");
             }
@@ -830,10 +858,42 @@ mod tests {
         let result = r.pass(t0 + Duration::from_secs(1)).await;
         assert_eq!(result.next_wake, Some(t0 + Duration::from_secs(3)));
         assert_eq!(r.objects["bad"].message, "apply failed: boom");
-        // second retry succeeds
+        // second retry succeeds; the backoff is forgotten only once it has
+        // stayed up for STABLE_AFTER
         r.pass(t0 + Duration::from_secs(3)).await;
         assert_eq!(r.objects["bad"].phase, Phase::Running);
+        assert_eq!(r.objects["bad"].attempts, 2);
+        r.pass(t0 + Duration::from_secs(3) + STABLE_AFTER).await;
         assert_eq!(r.objects["bad"].attempts, 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_crash_loop_backs_off_exponentially() {
+        let (mut r, script) = with_runtimes();
+        r.set_desired(doc(1, vec![], vec![container("loop", None)]));
+        let mut now = Instant::now();
+        r.pass(now).await;
+        assert_eq!(r.objects["loop"].phase, Phase::Running);
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            // It dies right after every start.
+            script.borrow_mut().observed.insert(
+                "loop".into(),
+                Observed::Stopped {
+                    message: "exited with code 1".into(),
+                    success: false,
+                },
+            );
+            let result = r.pass(now).await;
+            let wake = result.next_wake.expect("a retry is scheduled");
+            delays.push(wake.saturating_duration_since(now).as_secs());
+            script.borrow_mut().observed.remove("loop");
+            now = wake;
+            r.pass(now).await;
+            assert_eq!(r.objects["loop"].phase, Phase::Running);
+        }
+        assert_eq!(delays, [1, 2, 4, 8]);
+        assert_eq!(r.objects["loop"].restarts, 4);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -142,6 +142,9 @@ fn run(args: &MonitorArgs, dir: &ContainerDir) -> Result<(), String> {
         let _ = signal(Signal::SIGHUP, SigHandler::SigIgn);
         let _ = signal(Signal::SIGPIPE, SigHandler::SigIgn);
         let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
+        // A signal meant for the agent (a stop of its service, a group
+        // kill) must not take the container's monitor with it.
+        let _ = signal(Signal::SIGTERM, SigHandler::SigIgn);
     }
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("becoming subreaper: {e}"))?;
     std::fs::write(dir.monitor_pid(), std::process::id().to_string())
@@ -173,8 +176,11 @@ fn run(args: &MonitorArgs, dir: &ContainerDir) -> Result<(), String> {
         let _ = args.runtime.delete(&args.id);
         return Err(e.to_string());
     }
-    std::fs::write(dir.started(), rfc3339(SystemTime::now()))
-        .map_err(|e| format!("writing started: {e}"))?;
+    if let Err(e) = std::fs::write(dir.started(), rfc3339(SystemTime::now())) {
+        // The container runs: keep draining its output and collect its
+        // exit rather than abandon it (the agent still sees it via runc).
+        eprintln!("container monitor {}: writing started: {e}", args.id);
+    }
     let _ = logs.note(&format!("started, pid {init}"));
 
     let status = pump(&mut logs, out_read, err_read, init);

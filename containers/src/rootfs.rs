@@ -121,8 +121,19 @@ pub fn copy_tree(from: &Path, to: &Path, shift: u32) -> io::Result<()> {
     own(to, &meta, shift)
 }
 
+/// Ids at or above this are outside a shifted range (65536 per container):
+/// such files become owned by the range's "nobody".
+const RANGE: u32 = 65_536;
+
 fn own(path: &Path, meta: &fs::Metadata, shift: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(meta.uid() + shift), Some(meta.gid() + shift))?;
+    let map = |id: u32| {
+        if shift == 0 {
+            id
+        } else {
+            shift.saturating_add(if id < RANGE { id } else { RANGE - 2 })
+        }
+    };
+    std::os::unix::fs::lchown(path, Some(map(meta.uid())), Some(map(meta.gid())))?;
     if !meta.file_type().is_symlink() {
         // chown clears setuid bits: set the mode after it.
         fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))?;

@@ -53,19 +53,17 @@ impl ContentStore {
         path: &Path,
         repository: Option<&str>,
     ) -> Result<Vec<(String, Digest)>, StoreError> {
-        let before: BTreeSet<Digest> = self
-            .blobs()
-            .list()
-            .map_err(io("listing blobs"))?
-            .into_iter()
-            .collect();
+        // No garbage collection while this runs; only what this import
+        // wrote is undone on failure (the agent may pull meanwhile).
+        let _lock = self.lock(false)?;
+        let _ = self.blobs().take_created();
         let result = self.import_staged(path, repository);
         let keep: BTreeSet<Digest> = match &result {
             Ok((_, reachable)) => reachable.clone(),
             Err(_) => BTreeSet::new(),
         };
-        for digest in self.blobs().list().map_err(io("listing blobs"))? {
-            if !before.contains(&digest) && !keep.contains(&digest) {
+        for digest in self.blobs().take_created() {
+            if !keep.contains(&digest) {
                 let _ = self.blobs().remove(&digest);
             }
         }

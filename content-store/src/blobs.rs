@@ -49,6 +49,9 @@ pub enum BlobError {
 pub struct Blobs {
     blobs: PathBuf,
     ingest: PathBuf,
+    /// Blobs this handle wrote (not found already present), for an import
+    /// to undo exactly its own work.
+    created: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<Digest>>>,
 }
 
 impl Blobs {
@@ -58,7 +61,25 @@ impl Blobs {
         let ingest = root.join("ingest");
         fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&ingest)?;
-        Ok(Blobs { blobs, ingest })
+        Ok(Blobs {
+            blobs,
+            ingest,
+            created: Default::default(),
+        })
+    }
+
+    fn record(&self, digest: &Digest) {
+        if let Ok(mut created) = self.created.lock() {
+            created.insert(digest.clone());
+        }
+    }
+
+    /// The blobs this handle wrote since the last call (and forgets them).
+    pub fn take_created(&self) -> std::collections::BTreeSet<Digest> {
+        self.created
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
     }
 
     /// Path of a verified blob (which may not exist).
@@ -100,7 +121,9 @@ impl Blobs {
             }
         };
         durable::write_file(&self.path(digest), bytes).map_err(io("writing"))?;
-        make_read_only(&self.path(digest)).map_err(io("making read-only"))
+        make_read_only(&self.path(digest)).map_err(io("making read-only"))?;
+        self.record(digest);
+        Ok(())
     }
 
     /// Starts or resumes the download of a blob: the partial file and the
@@ -169,6 +192,7 @@ impl Blobs {
             } else {
                 durable::rename(&tmp, &target)?;
                 make_read_only(&target)?;
+                self.record(&digest);
             }
             Ok((digest, size))
         })();
@@ -296,7 +320,9 @@ impl Ingest {
         self.file.sync_all().map_err(io("syncing"))?;
         let target = blobs.path(&self.digest);
         durable::rename(&self.path, &target).map_err(io("moving into the store"))?;
-        make_read_only(&target).map_err(io("making read-only"))
+        make_read_only(&target).map_err(io("making read-only"))?;
+        blobs.record(&self.digest);
+        Ok(())
     }
 }
 

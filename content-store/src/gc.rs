@@ -30,19 +30,26 @@ impl ContentStore {
     /// Removes everything not reachable from `keep` (image references,
     /// by tag or digest) or from a pinned (imported) name. Blocking.
     pub fn gc(&self, keep: &[&str]) -> Result<GcReport, StoreError> {
+        let _lock = self.lock(true)?;
         let mut marked = BTreeSet::new();
-        for top in self.pinned() {
+        for top in self.pinned()? {
             self.mark("(imported)", &top, &mut marked)?;
         }
+        // Images whose tree a running container uses as its overlay lower
+        // layer stay, wanted or not (a container on an older digest of a
+        // tag, or one whose update failed, still runs from it).
+        for top in self.mounted_images() {
+            self.mark("(in use)", &top, &mut marked)?;
+        }
+        let names = self.names_checked()?;
         for reference in keep {
             let parsed = parse_reference(reference)?;
             let top = match parsed.digest() {
                 Some(d) => d.parse().ok(),
-                None => self
-                    .names()
-                    .into_iter()
+                None => names
+                    .iter()
                     .find(|(n, _)| *n == parsed.whole())
-                    .and_then(|(_, d)| d),
+                    .and_then(|(_, d)| d.clone()),
             };
             if let Some(top) = top {
                 self.mark(reference, &top, &mut marked)?;
@@ -74,6 +81,16 @@ impl ContentStore {
             }
         }
         for (digest, path) in self.blobs().partials().map_err(io("listing ingest/"))? {
+            // A file being written by an import right now has no digest
+            // yet: only ones older than an hour are abandoned.
+            let fresh = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| {
+                    t.elapsed().unwrap_or_default() < std::time::Duration::from_secs(3600)
+                });
+            if digest.is_none() && fresh {
+                continue;
+            }
             if !digest.is_some_and(|d| marked.contains(&d)) {
                 std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
                 report.partials_removed += 1;
@@ -89,6 +106,32 @@ impl ContentStore {
             "garbage collected"
         );
         Ok(report)
+    }
+
+    /// Manifest digests of `images/<hex>/rootfs` trees that overlay mounts
+    /// of this process's mount namespace use as a lower layer.
+    fn mounted_images(&self) -> Vec<Digest> {
+        let images = self.root().join("images");
+        let prefix = format!("{}/", images.display());
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut found = Vec::new();
+        for line in mountinfo.lines().filter(|l| l.contains(" - overlay ")) {
+            for part in line.split([',', ' ', ':']) {
+                let Some(rest) = part
+                    .strip_prefix("lowerdir=")
+                    .unwrap_or(part)
+                    .strip_prefix(&prefix)
+                else {
+                    continue;
+                };
+                if let Some(hex) = rest.strip_suffix("/rootfs") {
+                    if let Ok(d) = format!("sha256:{hex}").parse() {
+                        found.push(d);
+                    }
+                }
+            }
+        }
+        found
     }
 
     /// Marks a manifest and everything below it that is present (the other

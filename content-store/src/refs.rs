@@ -110,25 +110,38 @@ impl Refs {
             .collect()
     }
 
-    /// Digests of the pinned names.
-    pub fn pinned(&self) -> Vec<Digest> {
-        self.read()
-            .unwrap_or_default()
+    /// Digests of the pinned names; an unreadable table is an error (a
+    /// collector that saw no names would delete everything).
+    pub fn pinned(&self) -> io::Result<Vec<Digest>> {
+        Ok(self
+            .read()?
             .into_values()
             .filter(|e| e.pinned)
             .filter_map(|e| e.digest.parse().ok())
-            .collect()
+            .collect())
     }
 
-    /// Drops names whose digest `keep` rejects (persisted); returns how many.
+    /// Every name and its digest, or the error reading the table.
+    pub fn try_all(&self) -> io::Result<Vec<(String, Option<Digest>)>> {
+        Ok(self
+            .read()?
+            .into_iter()
+            .map(|(name, e)| (name, e.digest.parse().ok()))
+            .collect())
+    }
+
+    /// Drops unpinned names whose digest `keep` rejects (persisted);
+    /// returns how many. Pinned names stay (one may have been imported
+    /// while the caller decided what to keep).
     pub fn retain(&self, mut keep: impl FnMut(&Digest) -> bool) -> io::Result<usize> {
         self.update(|names| {
             let before = names.len();
             names.retain(|_, e| {
-                e.digest
-                    .parse::<Digest>()
-                    .map(|d| keep(&d))
-                    .unwrap_or(false)
+                e.pinned
+                    || e.digest
+                        .parse::<Digest>()
+                        .map(|d| keep(&d))
+                        .unwrap_or(false)
             });
             before - names.len()
         })
@@ -151,7 +164,11 @@ mod tests {
         agent
             .set("docker.io/library/b:v1", &b, false)
             .expect("pull again");
-        assert_eq!(agent.pinned(), vec![b.clone()], "a pull never unpins");
+        assert_eq!(
+            agent.pinned().expect("pinned"),
+            vec![b.clone()],
+            "a pull never unpins"
+        );
         assert_eq!(agent.get("docker.io/library/b:v1"), Some(b.clone()));
         assert_eq!(agent.all().len(), 2);
         assert_eq!(import.retain(|d| *d == b).expect("retain"), 1);

@@ -86,10 +86,8 @@ impl ContentStore {
         std::fs::create_dir_all(root.join("images"))
             .map_err(io(format!("creating {}", root.display())))?;
         let tmp = root.join("tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io("clearing tmp/"))?;
-        }
         std::fs::create_dir_all(&tmp).map_err(io("creating tmp/"))?;
+        clear_dead_scratch(&tmp).map_err(io("clearing tmp/"))?;
         let blobs = Blobs::open(&root).map_err(io("opening blobs/"))?;
         let refs = Refs::load(&root).map_err(io("loading refs.json"))?;
         let registries =
@@ -375,20 +373,31 @@ impl ContentStore {
     }
 
     /// The unpacked root filesystem of an image, unpacking it on first use
-    /// (into scratch space, renamed into place only when every layer
-    /// applied). Blocking: call it off the async executor.
+    /// (into scratch space, flushed to disk, renamed into place, then marked
+    /// `complete`: a tree without the mark, e.g. after a power cut, is
+    /// unpacked again). Blocking: call it off the async executor.
     pub fn rootfs(&self, image: &Image) -> Result<PathBuf, StoreError> {
         let dir = self.root.join("images").join(image.digest.hex());
         let rootfs = dir.join("rootfs");
-        if rootfs.is_dir() {
+        let complete = dir.join("complete");
+        if complete.is_file() && rootfs.is_dir() {
             return Ok(rootfs);
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io("removing an incomplete unpack"))?;
         }
         let scratch = self.scratch_dir(&format!("unpack-{}", &image.digest.hex()[..12]))?;
         let result = self.unpack_into(image, &scratch);
         let result = result.and_then(|()| {
+            // Every file of the tree on disk before the rename makes it
+            // visible (the unpacker writes without fsync).
+            let tree = std::fs::File::open(&scratch).map_err(io("opening the unpacked tree"))?;
+            nix::unistd::syncfs(&tree).map_err(|e| io("syncing the unpacked tree")(e.into()))?;
             std::fs::create_dir_all(&dir).map_err(io("creating images/<digest>"))?;
             crate::durable::rename(&scratch, &rootfs)
-                .map_err(io("moving the unpacked rootfs into place"))
+                .map_err(io("moving the unpacked rootfs into place"))?;
+            crate::durable::write_file(&complete, image.digest.to_string().as_bytes())
+                .map_err(io("marking the unpack complete"))
         });
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&scratch);
@@ -464,9 +473,37 @@ impl ContentStore {
         self.refs().all()
     }
 
+    /// Holds `store.lock`: shared by imports (another process may import
+    /// while the agent runs), exclusive for garbage collection, so a
+    /// collection never deletes the blobs of an import that has not named
+    /// them yet.
+    pub(crate) fn lock(
+        &self,
+        exclusive: bool,
+    ) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("store.lock"))
+            .map_err(io("opening store.lock"))?;
+        let how = if exclusive {
+            nix::fcntl::FlockArg::LockExclusive
+        } else {
+            nix::fcntl::FlockArg::LockShared
+        };
+        nix::fcntl::Flock::lock(file, how)
+            .map_err(|(_, errno)| io("locking store.lock")(errno.into()))
+    }
+
     /// Top-level digests of pinned (imported) names.
-    pub(crate) fn pinned(&self) -> Vec<Digest> {
-        self.refs().pinned()
+    pub(crate) fn pinned(&self) -> Result<Vec<Digest>, StoreError> {
+        self.refs().pinned().map_err(io("reading refs.json"))
+    }
+
+    /// Names and digests, failing when the table cannot be read.
+    pub(crate) fn names_checked(&self) -> Result<Vec<(String, Option<Digest>)>, StoreError> {
+        self.refs().try_all().map_err(io("reading refs.json"))
     }
 
     pub(crate) fn refs_retain(
@@ -475,6 +512,28 @@ impl ContentStore {
     ) -> Result<usize, StoreError> {
         self.refs().retain(keep).map_err(io("writing refs.json"))
     }
+}
+
+/// Scratch space is per process (`tmp/<pid>/`): an `edge-agent import` run
+/// beside the agent must not clear the agent's unpack in progress. What a
+/// process that is gone left behind is removed.
+fn clear_dead_scratch(tmp: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(tmp)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let alive = name
+            .parse::<u32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_image_config(media_type: &str) -> bool {

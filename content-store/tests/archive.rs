@@ -183,3 +183,73 @@ fn lying_or_truncated_archives_change_nothing() {
     assert!(err.contains("garbage.tar"), "{err}");
     assert_eq!(blob_names(dir.path()), before);
 }
+
+#[test]
+fn trees_in_use_and_half_written_trees_are_handled() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = work.path().join("layout");
+    write_oci_layout(&layout, &image(), "v1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ContentStore::open(StoreOptions::at(dir.path())).expect("store");
+    let names = store.import(&layout, Some("edge/site")).expect("import");
+    let image = store
+        .resolve_local(&names[0].0)
+        .expect("resolve")
+        .expect("present");
+    let root = store.rootfs(&image).expect("unpack");
+
+    // A power cut after the rename but before the completion mark: the
+    // tree is not trusted, it is unpacked again.
+    let complete = root.parent().expect("image dir").join("complete");
+    std::fs::remove_file(&complete).expect("drop the mark");
+    std::fs::remove_file(root.join("etc/site")).expect("damage the tree");
+    let again = store.rootfs(&image).expect("unpack again");
+    assert_eq!(
+        std::fs::read(again.join("etc/site")).expect("file"),
+        b"air-gapped\n"
+    );
+    assert!(complete.is_file());
+
+    // A container's overlay over the tree keeps it through a collection
+    // that no longer wants the image (and the import no longer pins it).
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED (overlay part): needs root to mount");
+        return;
+    }
+    let names_file = dir.path().join("refs.json");
+    std::fs::write(&names_file, "{}").expect("forget the names");
+    let (upper, workdir, target) = (
+        work.path().join("upper"),
+        work.path().join("work"),
+        work.path().join("merged"),
+    );
+    for d in [&upper, &workdir, &target] {
+        std::fs::create_dir_all(d).expect("dir");
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        again.display(),
+        upper.display(),
+        workdir.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &target,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .expect("overlay");
+    let kept = store.gc(&[]);
+    let after_mounted = again.join("etc/site").is_file();
+    nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).expect("umount");
+    let kept = kept.expect("gc");
+    assert!(
+        after_mounted,
+        "the tree a container runs from stays: {kept:?}"
+    );
+    assert_eq!(kept.rootfs_removed, 0, "{kept:?}");
+    let gone = store.gc(&[]).expect("gc after the container");
+    assert_eq!(gone.rootfs_removed, 1, "{gone:?}");
+    assert!(!again.exists());
+}

@@ -147,13 +147,28 @@ pub async fn ensure(
     }
     let port_index = host.index_of(&port).await?;
     host.set_up(port_index, &format!("set {port} up")).await?;
+    // Exactly the wanted address on eth0: one left from an earlier spec
+    // (the namespace outlives containers) would stay live in the slice.
+    let eth0 = inside.index_of("eth0").await?;
+    let mut present = false;
+    for (index, ip, prefix) in inside.ipv4_addresses().await? {
+        if index != eth0 {
+            continue;
+        }
+        if Some((ip, prefix)) == address {
+            present = true;
+        } else {
+            inside
+                .remove_address(
+                    eth0,
+                    ip,
+                    prefix,
+                    &format!("remove old {ip}/{prefix} from eth0"),
+                )
+                .await?;
+        }
+    }
     if let Some((ip, prefix)) = address {
-        let eth0 = inside.index_of("eth0").await?;
-        let present = inside
-            .ipv4_addresses()
-            .await?
-            .iter()
-            .any(|(i, a, p)| *i == eth0 && *a == ip && *p == prefix);
         if !present {
             inside
                 .add_address(eth0, ip, prefix, &format!("add {ip}/{prefix} to eth0"))

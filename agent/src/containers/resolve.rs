@@ -75,11 +75,21 @@ pub fn container_config(
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| "/".into());
 
+    let userns = container.user_namespace.then(|| IdMapping {
+        host_id: USERNS_BASE + slot(&workload.name) * USERNS_SIZE,
+        size: USERNS_SIZE,
+    });
     let mut mounts = Vec::new();
     for volume in &container.volumes {
         let source = volumes.join(&volume.name);
         std::fs::create_dir_all(&source)
             .map_err(|e| format!("creating volume {}: {e}", source.display()))?;
+        if let Some(map) = userns {
+            // Owned by the container's root, an unprivileged id outside
+            // (host root is unmapped inside: it would get EACCES).
+            std::os::unix::fs::chown(&source, Some(map.host_id), Some(map.host_id))
+                .map_err(|e| format!("volume {}: {e}", source.display()))?;
+        }
         mounts.push(BindMount {
             source,
             target: volume.path.clone(),
@@ -112,10 +122,7 @@ pub fn container_config(
     config.read_only_root = container.read_only_root;
     config.mounts = mounts;
     config.limits = limits;
-    config.user_namespace = container.user_namespace.then(|| IdMapping {
-        host_id: USERNS_BASE + slot(&workload.name) * USERNS_SIZE,
-        size: USERNS_SIZE,
-    });
+    config.user_namespace = userns;
     config.stop_signal = stop_signal;
     config.stop_timeout_s = container.stop_timeout_s.unwrap_or(10);
     Ok(config)
@@ -136,7 +143,7 @@ fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd = read_table(&rootfs.join("etc/passwd"));
+    let passwd = read_table(rootfs, "etc/passwd");
     let entry = passwd.iter().find(|f| {
         f.first().map(String::as_str) == Some(name) || f.get(2).map(String::as_str) == Some(name)
     });
@@ -150,7 +157,7 @@ fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
     let gid = match group {
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => read_table(&rootfs.join("etc/group"))
+            Err(_) => read_table(rootfs, "etc/group")
                 .iter()
                 .find(|f| f.first().map(String::as_str) == Some(g))
                 .and_then(|f| f.get(2))
@@ -165,17 +172,34 @@ fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
-/// Colon-separated lines of a small file of the image (absent: none). A
-/// symlink there is not followed: it could point anywhere on the host.
-fn read_table(path: &Path) -> Vec<Vec<String>> {
-    let is_file = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
-    if !is_file {
+/// Largest /etc/passwd or /etc/group read from an image.
+const MAX_TABLE_BYTES: u64 = 1 << 20;
+
+/// Colon-separated lines of a small file of the image (absent: none),
+/// opened beneath the image's root without following any symlink (an
+/// image's `etc -> /etc` must not make the agent read the host's files)
+/// and read up to [`MAX_TABLE_BYTES`].
+fn read_table(root: &Path, relative: &str) -> Vec<Vec<String>> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    let Ok(dir) = std::fs::File::open(root) else {
         return Vec::new();
-    }
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .take(10_000)
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let Ok(fd) = openat2(&dir, relative, how) else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    let _ = std::fs::File::from(fd)
+        .take(MAX_TABLE_BYTES)
+        .read_to_string(&mut text);
+    text.lines()
         .map(|l| l.split(':').map(str::to_string).collect())
         .collect()
 }
@@ -288,6 +312,21 @@ mod tests {
         .expect("resolve");
         assert_eq!(c.args, ["/bin/sh", "-c", "sleep 1"]);
         assert_eq!((c.uid, c.gid), (1000, 44));
+    }
+
+    #[test]
+    fn a_symlinked_etc_never_reads_host_files() {
+        let host = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            host.path().join("passwd"),
+            "hostonly:x:4242:4242::/:/bin/sh\n",
+        )
+        .expect("passwd");
+        let image = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(host.path(), image.path().join("etc")).expect("symlink");
+        let err = resolve_user("hostonly", image.path()).expect_err("must not resolve");
+        assert!(err.contains("hostonly"), "{err}");
+        assert_eq!(resolve_user("4242", image.path()), Ok((4242, 0)));
     }
 
     #[test]
