@@ -115,8 +115,14 @@ struct RawContent {
     connect_timeout_s: u64,
     #[serde(default = "default_read_timeout")]
     read_timeout_s: u64,
+    #[serde(default = "default_max_blob_bytes")]
+    max_blob_bytes: u64,
     #[serde(default)]
     registries: BTreeMap<String, content_store::RegistryAccess>,
+}
+
+fn default_max_blob_bytes() -> u64 {
+    content_store::RegistryOptions::default().max_blob_bytes
 }
 
 impl Default for RawContent {
@@ -125,6 +131,7 @@ impl Default for RawContent {
             dir: None,
             connect_timeout_s: default_connect_timeout(),
             read_timeout_s: default_read_timeout(),
+            max_blob_bytes: default_max_blob_bytes(),
             registries: BTreeMap::new(),
         }
     }
@@ -424,6 +431,7 @@ impl Config {
                 registries: raw.content.registries.clone(),
                 connect_timeout_secs: raw.content.connect_timeout_s,
                 read_timeout_secs: raw.content.read_timeout_s,
+                max_blob_bytes: raw.content.max_blob_bytes,
             },
         };
         match (key, endpoint) {

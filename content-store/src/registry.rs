@@ -49,7 +49,19 @@ pub struct RegistryOptions {
     /// Longest wait for any read from a registry, in seconds.
     #[serde(default = "default_read_timeout")]
     pub read_timeout_secs: u64,
+    /// Largest blob accepted (a descriptor claiming more is refused before
+    /// any byte is written), in bytes.
+    #[serde(default = "default_max_blob_bytes")]
+    pub max_blob_bytes: u64,
 }
+
+fn default_max_blob_bytes() -> u64 {
+    16 << 30
+}
+
+/// The slowest transfer a download deadline allows for (bytes/s): a
+/// registry that trickles is cut off and the next attempt resumes.
+const MIN_BYTES_PER_SEC: u64 = 64 * 1024;
 
 fn default_connect_timeout() -> u64 {
     10
@@ -65,6 +77,7 @@ impl Default for RegistryOptions {
             registries: BTreeMap::new(),
             connect_timeout_secs: default_connect_timeout(),
             read_timeout_secs: default_read_timeout(),
+            max_blob_bytes: default_max_blob_bytes(),
         }
     }
 }
@@ -87,6 +100,26 @@ pub enum RegistryError {
         registry: String,
         /// oci-client's error.
         source: oci_client::errors::OciDistributionError,
+    },
+    /// A fetch did not finish in time (a registry that trickles bytes).
+    #[error("registry {registry}: {what} did not finish within {seconds} s")]
+    Deadline {
+        /// `host[:port]`.
+        registry: String,
+        /// What was fetched.
+        what: String,
+        /// The deadline.
+        seconds: u64,
+    },
+    /// A descriptor claims a blob larger than this box accepts.
+    #[error("blob {digest} is {size} bytes, more than the {limit} this box accepts (content.max_blob_bytes)")]
+    TooLarge {
+        /// The blob.
+        digest: Digest,
+        /// Its claimed size.
+        size: u64,
+        /// The bound.
+        limit: u64,
     },
     /// The download broke off.
     #[error("registry {registry}: download of {digest} broke off after {offset} bytes: {source}")]
@@ -186,10 +219,16 @@ impl Registries {
         &self,
         reference: &Reference,
     ) -> Result<(Vec<u8>, Digest), RegistryError> {
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth(reference), &ACCEPTED)
+        let seconds = self.options.connect_timeout_secs + 2 * self.options.read_timeout_secs;
+        let auth = self.auth(reference);
+        let fetch = self.client.pull_manifest_raw(reference, &auth, &ACCEPTED);
+        let (bytes, _) = tokio::time::timeout(std::time::Duration::from_secs(seconds), fetch)
             .await
+            .map_err(|_| RegistryError::Deadline {
+                registry: reference.registry().to_string(),
+                what: format!("manifest {}", reference.whole()),
+                seconds,
+            })?
             .map_err(Self::distribution(reference))?;
         let digest = Digest::of(&bytes);
         debug!(%digest, bytes = bytes.len(), "manifest fetched");
@@ -205,7 +244,46 @@ impl Registries {
         size: u64,
         blobs: &Blobs,
     ) -> Result<(), RegistryError> {
-        let mut ingest = blobs.ingest(digest)?;
+        if size > self.options.max_blob_bytes {
+            return Err(RegistryError::TooLarge {
+                digest: digest.clone(),
+                size,
+                limit: self.options.max_blob_bytes,
+            });
+        }
+        let seconds = self.options.connect_timeout_secs
+            + self.options.read_timeout_secs
+            + size / MIN_BYTES_PER_SEC;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(seconds),
+            self.download(reference, digest, size, blobs),
+        )
+        .await
+        .map_err(|_| RegistryError::Deadline {
+            registry: reference.registry().to_string(),
+            what: format!("blob {digest} ({size} bytes; the next attempt resumes)"),
+            seconds,
+        })?
+    }
+
+    async fn download(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        blobs: &Blobs,
+    ) -> Result<(), RegistryError> {
+        // Hashing what a partial download already holds reads the file:
+        // off the (single-threaded) executor.
+        let (owner, wanted) = (blobs.clone(), digest.clone());
+        let mut ingest = tokio::task::spawn_blocking(move || owner.ingest(&wanted))
+            .await
+            .map_err(|e| RegistryError::Stream {
+                registry: reference.registry().to_string(),
+                digest: digest.clone(),
+                offset: 0,
+                source: std::io::Error::other(e.to_string()),
+            })??;
         let offset = ingest.offset();
         if offset < size {
             self.client
@@ -248,7 +326,15 @@ impl Registries {
                     .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        ingest.commit(blobs, size)?;
+        let owner = blobs.clone();
+        tokio::task::spawn_blocking(move || ingest.commit(&owner, size))
+            .await
+            .map_err(|e| RegistryError::Stream {
+                registry: reference.registry().to_string(),
+                digest: digest.clone(),
+                offset: 0,
+                source: std::io::Error::other(e.to_string()),
+            })??;
         debug!(%digest, size, "blob stored");
         Ok(())
     }

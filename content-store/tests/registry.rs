@@ -438,3 +438,40 @@ async fn gc_keeps_what_is_wanted_and_removes_the_rest() {
         content_store::GcReport::default()
     );
 }
+
+#[tokio::test]
+async fn a_blob_above_the_size_bound_is_refused_before_download() {
+    let Some(registry) = Registry::start(RegistryOptions::default()) else {
+        return;
+    };
+    let image = TestImage::busybox(LayerCompression::Gzip);
+    push(&registry, "big-layer", "v1", &image);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = StoreOptions::at(dir.path());
+    options.registries.registries.insert(
+        registry.host(),
+        RegistryAccess {
+            plain_http: true,
+            ..RegistryAccess::default()
+        },
+    );
+    options.registries.max_blob_bytes = 64 * 1024;
+    let store = ContentStore::open(options).expect("store");
+    let err = store
+        .ensure(&format!("{}/big-layer:v1", registry.host()))
+        .await
+        .expect_err("layer above the bound")
+        .to_string();
+    assert!(err.contains("max_blob_bytes"), "{err}");
+    // Only the small config came; nothing of the layer.
+    assert_eq!(store.bytes_downloaded(), image.config.bytes.len() as u64);
+    assert!(std::fs::read_dir(dir.path().join("ingest"))
+        .expect("ingest")
+        .next()
+        .is_none());
+    assert!(!dir
+        .path()
+        .join("blobs/sha256")
+        .join(image.layers[0].hex())
+        .exists());
+}

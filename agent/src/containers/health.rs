@@ -126,30 +126,50 @@ impl HealthState {
     }
 }
 
-/// Runs one check of container `id` whose init has host PID `pid`.
+/// Runs one check of container `id` whose init has host PID `pid`; an exec
+/// probe's process id goes to `pid_file`, so one that overruns is killed
+/// inside the container too (killing `runc exec` alone would leave it).
 pub async fn check(
     probe: &Probe,
     runtime: &containers::OciRuntime,
     id: &str,
     pid: i32,
     timeout: Duration,
+    pid_file: &std::path::Path,
 ) -> Result<(), String> {
     match probe {
         Probe::Exec(cmd) => {
+            let _ = std::fs::remove_file(pid_file);
             let mut command = tokio::process::Command::new(&runtime.program);
             command
                 .arg("--root")
                 .arg(&runtime.root)
-                .args(["exec", id])
+                .args(["exec", "--pid-file"])
+                .arg(pid_file)
+                .arg(id)
                 .args(cmd)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true);
-            let output = tokio::time::timeout(timeout, command.output())
-                .await
-                .map_err(|_| format!("{:?} did not finish in {timeout:?}", cmd.join(" ")))?
-                .map_err(|e| format!("cannot run {}: {e}", runtime.name()))?;
+            let output = match tokio::time::timeout(timeout, command.output()).await {
+                Ok(done) => done.map_err(|e| format!("cannot run {}: {e}", runtime.name()))?,
+                Err(_) => {
+                    let probe_pid = std::fs::read_to_string(pid_file)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<i32>().ok());
+                    if let Some(p) = probe_pid.filter(|p| *p > 1) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(p),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    return Err(format!(
+                        "{:?} did not finish in {timeout:?}; killed",
+                        cmd.join(" ")
+                    ));
+                }
+            };
             if output.status.success() {
                 Ok(())
             } else {

@@ -138,7 +138,16 @@ async fn watch(inner: Weak<Inner>) {
             }
         }
         for (name, pid, probe, timeout) in due {
-            let result = health::check(&probe, inner.manager.runtime(), &name, pid, timeout).await;
+            let pid_file = inner.manager.dir(&name).path().join("health.pid");
+            let result = health::check(
+                &probe,
+                inner.manager.runtime(),
+                &name,
+                pid,
+                timeout,
+                &pid_file,
+            )
+            .await;
             if let Err(reason) = &result {
                 debug!(container = %name, %reason, "health check failed");
             }
