@@ -278,12 +278,7 @@ impl Registries {
         let (owner, wanted) = (blobs.clone(), digest.clone());
         let mut ingest = tokio::task::spawn_blocking(move || owner.ingest(&wanted))
             .await
-            .map_err(|e| RegistryError::Stream {
-                registry: reference.registry().to_string(),
-                digest: digest.clone(),
-                offset: 0,
-                source: std::io::Error::other(e.to_string()),
-            })??;
+            .map_err(worker_failed(reference, digest))??;
         let offset = ingest.offset();
         if offset < size {
             self.client
@@ -329,13 +324,21 @@ impl Registries {
         let owner = blobs.clone();
         tokio::task::spawn_blocking(move || ingest.commit(&owner, size))
             .await
-            .map_err(|e| RegistryError::Stream {
-                registry: reference.registry().to_string(),
-                digest: digest.clone(),
-                offset: 0,
-                source: std::io::Error::other(e.to_string()),
-            })??;
+            .map_err(worker_failed(reference, digest))??;
         debug!(%digest, size, "blob stored");
         Ok(())
+    }
+}
+
+/// A blocking worker thread died (panicked) while handling `digest`.
+fn worker_failed<'a>(
+    reference: &'a Reference,
+    digest: &'a Digest,
+) -> impl FnOnce(tokio::task::JoinError) -> RegistryError + 'a {
+    move |e| RegistryError::Stream {
+        registry: reference.registry().to_string(),
+        digest: digest.clone(),
+        offset: 0,
+        source: std::io::Error::other(e.to_string()),
     }
 }
