@@ -129,6 +129,11 @@ pub struct AgentSpec<'a> {
     pub controller_key: &'a str,
     /// Labels sent in the hello.
     pub labels: &'a [(&'a str, &'a str)],
+    /// More TOML appended to the config as it is (e.g. `[containers]` or
+    /// `[content.registries."host:port"]` tables); empty for none.
+    pub extra_config: &'a str,
+    /// Log one JSON object per line (`--log-format json`) instead of text.
+    pub log_json: bool,
 }
 
 /// A started agent: its process and config file.
@@ -147,12 +152,14 @@ pub fn start_agent(bins: &Bins, dir: &Path, spec: &AgentSpec, lifetime: Lifetime
     let config = dir.join(format!("{}.toml", spec.device));
     std::fs::write(&config, agent_config(spec, &data_dir))
         .with_context(|| format!("writing {}", config.display()))?;
+    let mut cmd = Command::new(&bins.agent);
+    cmd.arg("run").arg("--config").arg(&config);
+    if spec.log_json {
+        cmd.args(["--log-format", "json"]);
+    }
     let proc = Proc::spawn(
         spec.device,
-        Command::new(&bins.agent)
-            .arg("run")
-            .arg("--config")
-            .arg(&config),
+        &mut cmd,
         &dir.join(format!("{}.log", spec.device)),
         lifetime,
     )?;
@@ -178,6 +185,7 @@ fn agent_config(spec: &AgentSpec, data_dir: &Path) -> String {
         let _ = writeln!(text, "cert = {}", toml_str(&tls.cert.to_string_lossy()));
         let _ = writeln!(text, "key = {}", toml_str(&tls.key.to_string_lossy()));
     }
+    text.push_str(spec.extra_config);
     text
 }
 
@@ -243,13 +251,16 @@ mod tests {
             tls: Some(&tls),
             controller_key: "ab",
             labels: &[("site", "lab")],
+            extra_config: "\n[containers]\nenabled = false\n",
+            log_json: false,
         };
         let text = agent_config(&spec, Path::new("/d/edge-1"));
         assert_eq!(
             text,
             "device = \"edge-1\"\ndata_dir = \"/d/edge-1\"\ncontroller_key = \"ab\"\n\n\
              [labels]\nsite = \"lab\"\n\n[mqtt]\nurl = \"mqtts://127.0.0.1:8883\"\n\
-             ca = \"/t/ca.pem\"\ncert = \"/t/c.pem\"\nkey = \"/t/k.pem\"\n"
+             ca = \"/t/ca.pem\"\ncert = \"/t/c.pem\"\nkey = \"/t/k.pem\"\n\n\
+             [containers]\nenabled = false\n"
         );
     }
 }

@@ -140,6 +140,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         tls: None,
         controller_key: &controller.pubkey,
         labels: &[("site", "lab")],
+        extra_config: "",
+        log_json: false,
     };
     let mut agent = start_agent(&bins, &dir, &spec, lifetime)?;
     let fleetctl = Fleetctl {

@@ -67,6 +67,8 @@ fn measure_inner(
         tls: Some(&tls),
         controller_key,
         labels: &[],
+        extra_config: "",
+        log_json: false,
     };
     let mut agent = start_agent(bins, dir, &spec, Lifetime::TiedToXtask)?;
     wait_for(

@@ -127,6 +127,8 @@ fn single_agent(
             tls: None,
             controller_key: &controller.pubkey,
             labels: &[],
+            extra_config: "",
+            log_json: false,
         };
         let mut agent = start_agent(bins, dir, &spec, Lifetime::TiedToXtask)?;
         println!("\n==> apply-to-ack, 1 agent: waiting for edge-1 to come online");
@@ -185,6 +187,8 @@ fn fleet(
                     tls: None,
                     controller_key: &controller.pubkey,
                     labels: &[("fleet", "bench")],
+                    extra_config: "",
+                    log_json: false,
                 };
                 agents.push(start_agent(bins, &fleet_dir, &spec, Lifetime::TiedToXtask)?);
             }
