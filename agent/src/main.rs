@@ -127,6 +127,24 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// On a box without CA certificates, points SSL_CERT_FILE at a trust
+/// anchor that trusts nothing, so the registry client can be built (HTTPS
+/// registries then need a configured `ca_file`). Runs while the process is
+/// still single-threaded.
+fn ensure_trust_anchor(config: &config::Config) {
+    if std::env::var_os("SSL_CERT_FILE").is_some() {
+        return;
+    }
+    match content_store::trust_anchor_file(&config.content.dir) {
+        Ok(Some(path)) => {
+            // SAFETY: called from main before any thread exists.
+            unsafe { std::env::set_var("SSL_CERT_FILE", &path) };
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: cannot write a trust anchor: {e}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -139,6 +157,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            ensure_trust_anchor(&config);
             match agent::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -155,6 +174,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            ensure_trust_anchor(&config);
             let mut options = content_store::StoreOptions::at(&config.content.dir);
             options.registries = config.content.registries.clone();
             let imported = content_store::ContentStore::open(options)

@@ -27,7 +27,7 @@ pub use digest::Digest;
 pub use error::StoreError;
 pub use gc::GcReport;
 pub use manifest::{ImageConfig, Platform, RunConfig};
-pub use registry::{RegistryAccess, RegistryOptions};
+pub use registry::{trust_anchor_file, RegistryAccess, RegistryOptions};
 pub use store::{ContentStore, Image, StoreOptions};
 
 /// Installs ring as rustls' process-wide crypto provider (reqwest is built

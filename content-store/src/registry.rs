@@ -138,6 +138,48 @@ pub enum RegistryError {
     Blob(#[from] BlobError),
 }
 
+/// Bundles where Linux distributions keep their CA certificates (the ones
+/// reqwest's verifier reads, unless SSL_CERT_FILE says otherwise).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// A self-signed certificate whose key was thrown away: the only trust
+/// anchor when a box has no CA certificate at all (reqwest's verifier
+/// refuses to start without any, and oci-client 0.18 then panics, also
+/// from its `Default`). HTTPS to any registry then fails verification with
+/// a clear error; plain-HTTP registries and configured `ca_file`s work.
+const TRUST_NOTHING: &[u8] = include_bytes!("trust_nothing.pem");
+
+/// On a box without system CA certificates (and no SSL_CERT_FILE), writes
+/// [`TRUST_NOTHING`] to `dir` and returns its path, which the caller must
+/// export as SSL_CERT_FILE before any registry client exists and while the
+/// process is still single-threaded. `None` when the system has roots.
+pub fn trust_anchor_file(dir: &std::path::Path) -> std::io::Result<Option<std::path::PathBuf>> {
+    if system_has_roots() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("no-system-roots.pem");
+    std::fs::write(&path, TRUST_NOTHING)?;
+    Ok(Some(path))
+}
+
+/// Whether the system offers CA certificates reqwest can load.
+fn system_has_roots() -> bool {
+    let non_empty = |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+    match std::env::var_os("SSL_CERT_FILE") {
+        Some(file) => non_empty(std::path::Path::new(&file)),
+        None => SYSTEM_BUNDLES
+            .iter()
+            .any(|p| non_empty(std::path::Path::new(p))),
+    }
+}
+
 /// A client for every configured registry.
 pub struct Registries {
     client: Client,
