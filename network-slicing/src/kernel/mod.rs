@@ -75,10 +75,7 @@ impl Kernel {
             .add(LinkVeth::new(name, peer).build())
             .execute()
             .await
-            .map_err(|source| KernelError::Netlink {
-                what: format!("create veth {name} <-> {peer}"),
-                source,
-            })
+            .map_err(refused(format!("create veth {name} <-> {peer}")))
     }
 
     /// Moves link `index` into the network namespace open as `netns`.
@@ -98,10 +95,7 @@ impl Kernel {
             )
             .execute()
             .await
-            .map_err(|source| KernelError::Netlink {
-                what: what.to_string(),
-                source,
-            })
+            .map_err(refused(what))
     }
 
     /// Renames link `index` (it must be down).
@@ -115,10 +109,7 @@ impl Kernel {
             )
             .execute()
             .await
-            .map_err(|source| KernelError::Netlink {
-                what: what.to_string(),
-                source,
-            })
+            .map_err(refused(what))
     }
 
     /// Adds the default route via `gateway` (replacing one that exists).
@@ -132,10 +123,7 @@ impl Kernel {
             .replace()
             .execute()
             .await
-            .map_err(|source| KernelError::Netlink {
-                what: format!("default route via {gateway}"),
-                source,
-            })
+            .map_err(refused(format!("default route via {gateway}")))
     }
 
     /// Every link in the namespace.
