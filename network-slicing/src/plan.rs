@@ -88,6 +88,17 @@ pub enum Action {
         /// The slice.
         slice: String,
     },
+    /// Let IPv4 traffic arriving on a slice's bridge be routed (the slice
+    /// has a gateway), or not (it has none). What may cross into another
+    /// slice is then up to the isolation rules.
+    SetForwarding {
+        /// Bridge name.
+        name: String,
+        /// On or off.
+        on: bool,
+        /// The slice.
+        slice: String,
+    },
     /// Take an address the slice does not want off its bridge.
     RemoveAddress {
         /// Bridge name.
@@ -146,6 +157,22 @@ impl fmt::Display for Action {
                 address,
                 prefix,
             } => write!(f, "remove address {address}/{prefix} from {name}"),
+            Action::SetForwarding {
+                name,
+                on: true,
+                slice,
+            } => write!(
+                f,
+                "enable IPv4 forwarding on {name} (slice {slice} has a gateway)"
+            ),
+            Action::SetForwarding {
+                name,
+                on: false,
+                slice,
+            } => write!(
+                f,
+                "disable IPv4 forwarding on {name} (slice {slice} has no gateway)"
+            ),
         }
     }
 }
@@ -395,6 +422,24 @@ pub fn plan_addresses(
     removes.into_iter().chain(adds).collect()
 }
 
+/// The forwarding changes that make each desired slice's bridge route
+/// exactly when the slice has a gateway; `forwarding` holds the current
+/// setting of the bridges that exist (others are planned once they do).
+pub fn plan_forwarding(desired: &[Slice], forwarding: &BTreeMap<String, bool>) -> Vec<Action> {
+    desired
+        .iter()
+        .filter_map(|slice| {
+            let name = link_name(&slice.name, Role::Bridge);
+            let on = slice.gateway.is_some();
+            (forwarding.get(&name) == Some(&!on)).then(|| Action::SetForwarding {
+                name,
+                on,
+                slice: slice.name.clone(),
+            })
+        })
+        .collect()
+}
+
 fn label(name: &str, slice: &str, role: Role) -> Action {
     Action::Label {
         name: name.to_string(),
@@ -620,6 +665,36 @@ mod tests {
         observed[cam].controller = Some(10);
         observed.pop();
         assert_eq!(plan(&[slice("video", 100)], &[port], &observed), vec![]);
+    }
+
+    #[test]
+    fn a_bridge_forwards_exactly_when_its_slice_has_a_gateway() {
+        let mut video = slice("video", 100);
+        video.gateway = Some(("10.20.0.1".parse().expect("address"), 24));
+        let iot = slice("iot", 200);
+        let camera = slice("camera", 300);
+        let bridge = |s: &str| link_name(s, Role::Bridge);
+        // video routes but does not yet, iot does but should not, camera's
+        // bridge does not exist yet.
+        let forwarding = BTreeMap::from([(bridge("video"), false), (bridge("iot"), true)]);
+        let actions = plan_forwarding(&[video.clone(), iot.clone(), camera], &forwarding);
+        let text: Vec<String> = actions.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            vec![
+                format!(
+                    "enable IPv4 forwarding on {} (slice video has a gateway)",
+                    bridge("video")
+                ),
+                format!(
+                    "disable IPv4 forwarding on {} (slice iot has no gateway)",
+                    bridge("iot")
+                ),
+            ]
+        );
+        // Settled: nothing to do.
+        let settled = BTreeMap::from([(bridge("video"), true), (bridge("iot"), false)]);
+        assert!(plan_forwarding(&[video, iot], &settled).is_empty());
     }
 
     #[test]

@@ -11,8 +11,8 @@ use crate::conflicts::{check, Conflict, HostFacts, UplinkFacts};
 use crate::isolation::{self, IsolationError, NfTables, Ruleset};
 use crate::kernel::{Kernel, KernelError, Link};
 use crate::model::{Port, Slice};
-use crate::names::alias;
-use crate::plan::{plan, plan_addresses, Action};
+use crate::names::{alias, link_name, Role};
+use crate::plan::{plan, plan_addresses, plan_forwarding, Action};
 use crate::shaping::{self, DeviceTc, TcAction};
 
 /// Why an apply did not happen or did not finish.
@@ -131,6 +131,25 @@ impl Slicer {
             .await
             .map_err(SlicerError::Read)?;
         for action in plan_addresses(desired, &links, &addresses) {
+            if let Err(source) = self.run(&action, &mut created.links).await {
+                return Err(self.failed(action.to_string(), source, &created).await);
+            }
+            info!(%action, "slice change");
+            report.changes.push(action.to_string());
+        }
+
+        let mut forwarding = BTreeMap::new();
+        for slice in desired {
+            let name = link_name(&slice.name, Role::Bridge);
+            if links.iter().any(|l| l.name == name && l.is_ours()) {
+                let on = self
+                    .kernel
+                    .ipv4_forwarding(&name)
+                    .map_err(SlicerError::Read)?;
+                forwarding.insert(name, on);
+            }
+        }
+        for action in plan_forwarding(desired, &forwarding) {
             if let Err(source) = self.run(&action, &mut created.links).await {
                 return Err(self.failed(action.to_string(), source, &created).await);
             }
@@ -273,6 +292,9 @@ impl Slicer {
             Action::Up { name } => {
                 let index = self.kernel.index_of(name).await?;
                 self.kernel.set_up(index, &what).await
+            }
+            Action::SetForwarding { name, on, .. } => {
+                self.kernel.set_ipv4_forwarding(name, *on, &what)
             }
         }
     }

@@ -2,6 +2,7 @@
 //! namespace) and the link operations slices need.
 
 mod links;
+mod sysctl;
 mod tc;
 
 pub use links::{Link, LinkKind};
@@ -34,6 +35,15 @@ pub enum KernelError {
         #[source]
         source: rtnetlink::Error,
     },
+    /// A per-link setting under /proc/sys could not be read or written.
+    #[error("{what}: {source}")]
+    Sysctl {
+        /// The change, e.g. "enable forwarding on mvb1234abcd".
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A link named in a plan is gone.
     #[error("link {0} does not exist")]
     NoSuchLink(String),
@@ -43,6 +53,8 @@ pub enum KernelError {
 #[derive(Clone)]
 pub struct Kernel {
     handle: rtnetlink::Handle,
+    /// The namespace connected to, when not the caller's.
+    netns: Option<std::path::PathBuf>,
 }
 
 impl Kernel {
@@ -51,7 +63,10 @@ impl Kernel {
     pub fn connect() -> Result<Kernel, KernelError> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
         tokio::spawn(connection);
-        Ok(Kernel { handle })
+        Ok(Kernel {
+            handle,
+            netns: None,
+        })
     }
 
     /// Connects in the network namespace at `path` (e.g. `/run/netns/x`):
@@ -65,7 +80,10 @@ impl Kernel {
         })?
         .map_err(KernelError::Socket)?;
         tokio::spawn(connection);
-        Ok(Kernel { handle })
+        Ok(Kernel {
+            handle,
+            netns: Some(path.to_path_buf()),
+        })
     }
 
     /// Creates a veth pair `name` <-> `peer` (both here, down).
