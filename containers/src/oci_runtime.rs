@@ -144,7 +144,7 @@ impl OciRuntime {
             .map_err(|source| self.spawn_error(source))?;
         if !out.status.success() {
             let message = String::from_utf8_lossy(&out.stderr);
-            if message.contains("does not exist") || message.contains("not found") {
+            if !self.knows(id) || message.contains("does not exist") {
                 return Ok(None);
             }
             return Err(self.failed("state", id, &out));
@@ -170,7 +170,7 @@ impl OciRuntime {
         match self.run("delete", id, self.base().args(["delete", "--force", id])) {
             Ok(_) => Ok(()),
             Err(OciRuntimeError::Failed { message, .. })
-                if message.contains("does not exist") || message.contains("not found") =>
+                if !self.knows(id) || message.contains("does not exist") =>
             {
                 Ok(())
             }
@@ -187,6 +187,13 @@ impl OciRuntime {
             .stdin(Stdio::null())
             .output()
             .map_err(|source| self.spawn_error(source))
+    }
+
+    /// Whether the runtime has state for container `id`: runc, crun and
+    /// youki keep one directory per container under `--root` (their
+    /// "unknown container" messages differ; crun's names the missing file).
+    fn knows(&self, id: &str) -> bool {
+        self.root.join(id).exists()
     }
 
     fn base(&self) -> Command {

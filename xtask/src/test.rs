@@ -18,12 +18,14 @@ use crate::{shell, workspace_root};
 /// Debian packages the tests need: a real MQTT broker and its clients,
 /// openssl for test PKI, runc for containers, a real OCI registry
 /// (docker-registry) with htpasswd (apache2-utils) for its basic auth,
-/// and busybox-static for the test images.
+/// busybox-static for the test images, and crun beside runc (both
+/// runtimes are driven through the same CLI calls).
 const APT_PACKAGES: &[&str] = &[
     "mosquitto",
     "mosquitto-clients",
     "openssl",
     "runc",
+    "crun",
     "docker-registry",
     "apache2-utils",
     "busybox-static",
