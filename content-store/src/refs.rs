@@ -101,6 +101,14 @@ impl Refs {
         })
     }
 
+    /// Whether `name` was imported (pinned).
+    pub fn is_pinned(&self, name: &str) -> bool {
+        self.read()
+            .ok()
+            .and_then(|names| names.get(name).map(|e| e.pinned))
+            .unwrap_or(false)
+    }
+
     /// Every name and its digest.
     pub fn all(&self) -> Vec<(String, Option<Digest>)> {
         self.read()

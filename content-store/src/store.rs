@@ -131,9 +131,15 @@ impl ContentStore {
     /// used (with a warning) so a box keeps working offline.
     pub async fn ensure(&self, reference: &str) -> Result<Image, StoreError> {
         let parsed = parse_reference(reference)?;
-        if parsed.digest().is_some() {
+        // A digest names fixed content; an imported tag is what the
+        // operator put here for an air-gapped site: neither needs the
+        // registry while the store holds it.
+        if parsed.digest().is_some() || self.refs().is_pinned(&parsed.whole()) {
             if let Some(image) = self.resolve_local(reference)? {
-                debug!(reference, "already in the store");
+                debug!(
+                    reference,
+                    "in the store (by digest or imported); the registry is not asked"
+                );
                 return Ok(image);
             }
         }

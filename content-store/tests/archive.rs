@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use content_store::{ContentStore, StoreOptions};
+use content_store::{ContentStore, RegistryAccess, StoreOptions};
 use mecvisor_e2e::oci::{
     write_docker_archive, write_oci_archive, write_oci_layout, LayerCompression, TestImage,
 };
@@ -82,6 +82,53 @@ fn imports_layouts_and_both_archive_formats() {
         ])
         .expect("gc");
     assert_eq!(referenced.blobs_removed, 0, "{referenced:?}");
+}
+
+/// An imported tag is served from the store without asking its registry
+/// (an air-gapped site has none to ask): a listener on the host the name
+/// points at sees no connection, while a tag that was pulled would be
+/// looked up there.
+#[test]
+fn an_imported_tag_is_used_without_asking_the_registry() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let host = format!(
+        "127.0.0.1:{}",
+        listener.local_addr().expect("address").port()
+    );
+    let name = format!("{host}/edge/site:v3");
+    let work = tempfile::tempdir().expect("tempdir");
+    let docker = work.path().join("docker.tar");
+    write_docker_archive(&docker, &image(), &name);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = StoreOptions::at(dir.path());
+    options.registries.registries.insert(
+        host,
+        RegistryAccess {
+            plain_http: true,
+            ..RegistryAccess::default()
+        },
+    );
+    options.registries.read_timeout_secs = 2;
+    let store = ContentStore::open(options).expect("store");
+    store.import(&docker, None).expect("import");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ensured = runtime.block_on(store.ensure(&name)).expect("ensure");
+    let local = store
+        .resolve_local(&name)
+        .expect("resolve")
+        .expect("present");
+    assert_eq!(ensured.digest, local.digest);
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the registry was asked for an imported tag: {other:?}"),
+    }
 }
 
 #[test]
