@@ -311,6 +311,9 @@ impl Reconciler {
         if !settled || self.collected == Some(generation) {
             return;
         }
+        self.remove_orphans(desired)
+            .instrument(info_span!("remove_orphans", generation))
+            .await;
         let Some(store) = self.runtimes.artifacts.as_deref_mut() else {
             return;
         };
@@ -322,6 +325,37 @@ impl Reconciler {
         {
             Ok(()) => self.collected = Some(generation),
             Err(e) => warn!(error = %e, "garbage collection failed; retried next pass"),
+        }
+    }
+
+    /// Removes workloads their runtime holds that this reconciler has no
+    /// record of and nobody desires: an agent that crashed between starting
+    /// a workload and persisting its state leaves such orphans running.
+    async fn remove_orphans(&mut self, desired: &[ObjectSpec]) {
+        for kind in [ObjectKind::Container, ObjectKind::Vm] {
+            let Some(runtime) = self.runtimes.for_kind(kind) else {
+                continue;
+            };
+            let present = match runtime.present().await {
+                Ok(names) => names,
+                Err(e) => {
+                    warn!(%kind, error = %e, "cannot list what the runtime holds");
+                    continue;
+                }
+            };
+            let orphans = present.into_iter().filter(|name| {
+                !self.objects.contains_key(name) && !desired.iter().any(|s| s.name() == name)
+            });
+            for name in orphans {
+                match runtime.remove(&name).await {
+                    Ok(()) => {
+                        info!(%kind, object = %name, "orphan removed: no record of it and not desired")
+                    }
+                    Err(e) => {
+                        warn!(%kind, object = %name, error = %e, "cannot remove orphan; retried next generation")
+                    }
+                }
+            }
         }
     }
 
@@ -624,6 +658,7 @@ mod tests {
         calls: Vec<String>,
         fail_apply: HashMap<String, u32>,
         observed: HashMap<String, Observed>,
+        present: Vec<String>,
     }
 
     #[derive(Clone, Default)]
@@ -654,6 +689,9 @@ mod tests {
                 let s = self.0.borrow();
                 Ok(s.observed.get(name).cloned().unwrap_or(Observed::Running))
             })
+        }
+        fn present(&mut self) -> RuntimeFuture<'_, Vec<String>> {
+            Box::pin(async move { Ok(self.0.borrow().present.clone()) })
         }
     }
 
@@ -949,6 +987,23 @@ mod tests {
         let state = r.pass(t0).await.report.unwrap();
         assert!(state.objects.is_empty());
         assert_eq!(script.borrow().calls, ["remove cam"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn orphans_are_removed_once_the_generation_settles() {
+        let (mut r, script) = with_runtimes();
+        // "ghost" runs without a record (a crash before its state was
+        // persisted) and is no longer desired; "cam" is desired.
+        script.borrow_mut().present = vec!["cam".into(), "ghost".into()];
+        r.set_desired(doc(1, vec![], vec![container("cam", None)]));
+        r.pass(Instant::now()).await;
+        let calls = script.borrow().calls.clone();
+        assert!(calls.contains(&"remove ghost".to_string()), "{calls:?}");
+        assert!(!calls.contains(&"remove cam".to_string()), "{calls:?}");
+        // Once per generation.
+        script.borrow_mut().calls.clear();
+        r.pass(Instant::now()).await;
+        assert!(script.borrow().calls.iter().all(|c| c != "remove ghost"));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -153,6 +153,12 @@ pub trait Runtime {
     fn remove<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, ()>;
     /// Reports how the object is doing.
     fn observe<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, Observed>;
+    /// Names of every object of this kind the runtime finds on the box,
+    /// whether or not anyone asked for it (the reconciler removes those it
+    /// has no record of: left behind by a crash). None by default.
+    fn present(&mut self) -> RuntimeFuture<'_, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Fetches and verifies artifacts (by digest) into the local content store.

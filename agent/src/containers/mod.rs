@@ -371,6 +371,15 @@ impl Runtime for ContainerRuntime {
         })
     }
 
+    fn present(&mut self) -> RuntimeFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let manager = self.inner.manager.clone();
+            tokio::task::spawn_blocking(move || manager.list())
+                .await
+                .map_err(blocking_error)
+        })
+    }
+
     fn observe<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, Observed> {
         Box::pin(async move {
             let inner = &self.inner;
