@@ -8,6 +8,19 @@ use sha2::{Digest, Sha256};
 
 use crate::Arch;
 
+/// The busybox OCI image layout (amd64 + arm64) recorded by `cargo xtask
+/// images` in `oci.json`.
+pub fn busybox_layout() -> Result<PathBuf, String> {
+    let manifest = images_dir().join("oci.json");
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|e| format!("{}: {e}; run `cargo xtask images`", manifest.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    value["files"]["layout"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| "oci.json names no layout".to_string())
+}
+
 /// A kernel and initramfs to boot.
 #[derive(Debug, Clone)]
 pub struct BootImage {

@@ -3,24 +3,13 @@
 //! is an index of an amd64 and an arm64 manifest, each layer holds a static
 //! busybox of its architecture, and the host's one runs as a root filesystem.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use mecvisor_hil::images::images_dir;
+use mecvisor_hil::images::busybox_layout;
 use mecvisor_hil::skip_if;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn layout() -> Result<PathBuf, String> {
-    let manifest = images_dir().join("oci.json");
-    let text = std::fs::read_to_string(&manifest)
-        .map_err(|e| format!("{}: {e}; run `cargo xtask images`", manifest.display()))?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    value["files"]["layout"]
-        .as_str()
-        .map(PathBuf::from)
-        .ok_or_else(|| "oci.json names no layout".to_string())
-}
 
 /// Reads the blob a descriptor points at, checking digest and size.
 fn blob(layout: &Path, descriptor: &Value) -> Vec<u8> {
@@ -46,7 +35,7 @@ fn json(bytes: &[u8]) -> Value {
 
 #[test]
 fn busybox_layout_is_valid_multi_platform_and_runs() {
-    let layout = match layout() {
+    let layout = match busybox_layout() {
         Ok(path) => path,
         Err(why) => {
             skip_if("busybox OCI layout", Some(why));

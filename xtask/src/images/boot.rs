@@ -47,6 +47,16 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
     for (name, bytes) in &recipe_files {
         key.part(name, bytes);
     }
+    let oci_runtime = match image {
+        BootImage::EdgeBox => inputs.oci_runtime(arch)?,
+        BootImage::Guest => &[],
+    };
+    for package in oci_runtime {
+        key.part(
+            &format!("package {}", package.name),
+            package.sha256.as_bytes(),
+        );
+    }
     // Read once: the bytes hashed into the key are the bytes shipped.
     let agent = if image == BootImage::EdgeBox {
         let path = crate::cross::out_dir(arch).join("edge-agent");
@@ -85,7 +95,7 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
     kernel.add_modules(&mut tree, &selection)?;
     match image {
         BootImage::EdgeBox => {
-            tree.symlink("init", "bin/busybox")?;
+            tree.file("init", 0o755, bytes(&recipe_files, "init")?)?;
             tree.file("etc/inittab", 0o644, bytes(&recipe_files, "inittab")?)?;
             tree.file("etc/init.d/rcS", 0o755, bytes(&recipe_files, "rcS")?)?;
             tree.file(
@@ -103,6 +113,9 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
             }
             tree.dir("var/lib/mecvisor")?;
             tree.dir("etc/mecvisor")?;
+            for package in oci_runtime {
+                add_package(&mut tree, &cas.blob_path(&package.sha256))?;
+            }
         }
         BootImage::Guest => {
             tree.file("init", 0o755, bytes(&recipe_files, "init")?)?;
@@ -134,6 +147,18 @@ pub fn add_busybox(tree: &mut FileTree, deb: &Path) -> Result<()> {
         .with_context(|| format!("{} holds no busybox binary", deb.display()))?;
     tree.file_from("bin/busybox", 0o755, &binary)?;
     tree.symlink("bin/sh", "busybox")
+}
+
+/// Adds what a Debian package installs (as `dpkg-deb -x` unpacks it) to the
+/// tree, without documentation and the C library's charset converters
+/// (gconv modules, several MB nothing in the box uses).
+fn add_package(tree: &mut FileTree, deb: &Path) -> Result<()> {
+    let dir = super::apt::unpack(deb)?;
+    let skip = |path: &str| {
+        path == "usr/share" || (path.starts_with("usr/lib/") && path.ends_with("/gconv"))
+    };
+    tree.add_host_tree(dir.path(), &skip)
+        .with_context(|| format!("adding {} to the image", deb.display()))
 }
 
 /// Every file of a recipe directory, by name.

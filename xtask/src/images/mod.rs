@@ -1,7 +1,8 @@
 //! `cargo xtask images`: the lab's images, built from Debian's own packages
 //! by the recipes in `images/` (see images/README.md):
 //! - `edge-box` per architecture: Debian's cloud kernel + an initramfs with
-//!   busybox, the modules the agent needs and the cross-built agent;
+//!   busybox, crun with its libraries, the modules the agent needs and the
+//!   cross-built agent;
 //! - `guest` per architecture: the same kernel + a marker-printing initramfs
 //!   for the microVMM's tests;
 //! - `oci`: a busybox OCI image layout (amd64 + arm64) for container tests.
@@ -132,12 +133,24 @@ impl Artifact {
 
 /// The Debian packages the recipes start from, per architecture.
 pub struct Inputs {
-    packages: BTreeMap<&'static str, (PackageInfo, PackageInfo)>,
+    packages: BTreeMap<&'static str, ArchInputs>,
 }
 
+/// One architecture's packages.
+struct ArchInputs {
+    kernel: PackageInfo,
+    busybox: PackageInfo,
+    /// The edge box's OCI runtime with its shared libraries, runtime first.
+    oci_runtime: Vec<PackageInfo>,
+}
+
+/// The OCI runtime the edge box ships: crun suits the box's pure cgroup v2
+/// layout (runc stays the default elsewhere).
+pub const BOX_OCI_RUNTIME: &str = "crun";
+
 impl Inputs {
-    /// Fetches (or finds in the store) the cloud kernel and busybox-static
-    /// for each architecture.
+    /// Fetches (or finds in the store) the cloud kernel, busybox-static and
+    /// the box's OCI runtime (with its libraries) for each architecture.
     fn resolve(cas: &Cas, arches: &[Arch], refresh: bool) -> Result<Self> {
         let archives = crate::debian::host_archives()?;
         let mut packages = BTreeMap::new();
@@ -156,25 +169,38 @@ impl Inputs {
                 .with_context(|| format!("{} depends on no kernel image", meta.name))?;
             let kernel = root.fetch(cas, kernel_name)?;
             let busybox = root.fetch(cas, "busybox-static")?;
-            packages.insert(arch.name(), (kernel, busybox));
+            let oci_runtime = tools::fetch_with_libraries(&root, cas, BOX_OCI_RUNTIME)?;
+            packages.insert(
+                arch.name(),
+                ArchInputs {
+                    kernel,
+                    busybox,
+                    oci_runtime,
+                },
+            );
         }
         Ok(Inputs { packages })
     }
 
-    /// The kernel image package of `arch`.
-    fn kernel(&self, arch: Arch) -> Result<&PackageInfo> {
+    fn of(&self, arch: Arch) -> Result<&ArchInputs> {
         self.packages
             .get(arch.name())
-            .map(|p| &p.0)
             .with_context(|| format!("no packages resolved for {}", arch.name()))
+    }
+
+    /// The kernel image package of `arch`.
+    fn kernel(&self, arch: Arch) -> Result<&PackageInfo> {
+        Ok(&self.of(arch)?.kernel)
     }
 
     /// The busybox-static package of `arch`.
     fn busybox(&self, arch: Arch) -> Result<&PackageInfo> {
-        self.packages
-            .get(arch.name())
-            .map(|p| &p.1)
-            .with_context(|| format!("no packages resolved for {}", arch.name()))
+        Ok(&self.of(arch)?.busybox)
+    }
+
+    /// The edge box's OCI runtime package of `arch` and its libraries.
+    fn oci_runtime(&self, arch: Arch) -> Result<&[PackageInfo]> {
+        Ok(&self.of(arch)?.oci_runtime)
     }
 }
 

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use super::apt::{unpacked_path, AptRoot};
+use super::apt::{unpacked_path, AptRoot, PackageInfo};
 use super::cas::Cas;
 use super::images_dir;
 use crate::cross::Arch;
@@ -33,20 +33,14 @@ pub fn unpack_tool(arch: Arch, package: &str, programs: &[&str], payload: &Path)
         std::fs::remove_dir_all(&tree).with_context(|| format!("clearing {}", tree.display()))?;
     }
     std::fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
-    let mut queue = vec![package.to_string()];
-    let mut seen = BTreeSet::new();
-    while let Some(name) = queue.pop() {
-        if !seen.insert(name.clone()) {
-            continue;
-        }
-        let info = root.fetch(&cas, &name)?;
+    let packages = fetch_with_libraries(&root, &cas, package)?;
+    for info in &packages {
         shell::output(
             Command::new("dpkg-deb")
                 .arg("-x")
                 .arg(cas.blob_path(&info.sha256))
                 .arg(&tree),
         )?;
-        queue.extend(library_depends(&info.depends));
     }
     let triplet = match arch {
         Arch::X86_64 => "x86_64-linux-gnu",
@@ -74,7 +68,11 @@ pub fn unpack_tool(arch: Arch, package: &str, programs: &[&str], payload: &Path)
              here=$(dirname \"$0\")\n\
              exec \"$here/{}\" --library-path \"$here/{package}-root/lib/{triplet}:$here/{package}-root/usr/lib/{triplet}\" \"$here/{}\" \"$@\"\n",
             arch.debian(),
-            seen.iter().cloned().collect::<Vec<_>>().join(", "),
+            packages
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             relative(&loader)?,
             relative(&binary)?,
         );
@@ -86,6 +84,24 @@ pub fn unpack_tool(arch: Arch, package: &str, programs: &[&str], payload: &Path)
             .with_context(|| format!("making {} executable", path.display()))?;
     }
     Ok(())
+}
+
+/// Fetches `package` and, transitively, the shared-library packages it
+/// depends on (first alternatives only) into the store; returns them,
+/// `package` first.
+pub fn fetch_with_libraries(root: &AptRoot, cas: &Cas, package: &str) -> Result<Vec<PackageInfo>> {
+    let mut queue = vec![package.to_string()];
+    let mut seen = BTreeSet::new();
+    let mut packages = Vec::new();
+    while let Some(name) = queue.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let info = root.fetch(cas, &name)?;
+        queue.extend(library_depends(&info.depends));
+        packages.push(info);
+    }
+    Ok(packages)
 }
 
 /// Library packages whose names do not start with `lib`.

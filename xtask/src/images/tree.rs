@@ -74,6 +74,55 @@ impl FileTree {
         self.leaf(path, Node::CharDevice(major, minor))
     }
 
+    /// Adds the directories, regular files (with their permission bits) and
+    /// symlinks below the host directory `source` at the same paths, except
+    /// those for which `skip` (given the relative path) is true.
+    pub fn add_host_tree(&mut self, source: &Path, skip: &dyn Fn(&str) -> bool) -> Result<()> {
+        self.add_host_dir(source, "", skip)
+    }
+
+    fn add_host_dir(
+        &mut self,
+        dir: &Path,
+        prefix: &str,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut entries = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .collect::<std::io::Result<Vec<_>>>()
+            .with_context(|| format!("reading {}", dir.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = format!("{prefix}{name}");
+            if skip(&path) {
+                continue;
+            }
+            let meta = entry
+                .path()
+                .symlink_metadata()
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            let mode = meta.permissions().mode();
+            if meta.is_dir() {
+                self.dir_with_mode(&path, mode)?;
+                self.add_host_dir(&entry.path(), &format!("{path}/"), skip)?;
+            } else if meta.is_file() {
+                self.file_from(&path, mode, &entry.path())?;
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(entry.path())
+                    .with_context(|| format!("reading {}", entry.path().display()))?;
+                self.symlink(&path, &target.to_string_lossy())?;
+            } else {
+                bail!(
+                    "{} is neither file, directory nor symlink",
+                    entry.path().display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The entries in archive order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &Node)> {
         self.entries.iter().map(|(p, n)| (p.as_str(), n))
