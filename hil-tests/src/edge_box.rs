@@ -196,6 +196,15 @@ impl EdgeBox {
         shell::run(socket, script, timeout).map_err(|e| format!("{}: {e}", self.name))
     }
 
+    /// Runs a shell script inside the box (60 s at most) and returns its
+    /// output; a broken command channel panics with the boot console (for
+    /// tests).
+    pub fn sh(&self, script: &str) -> String {
+        self.run(script, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", self.boot_console()))
+            .output
+    }
+
     /// Cuts the box's link (its tap goes down; the box sees nothing, like a
     /// cable pulled at the far end).
     pub fn cut_link(&self) -> Result<(), String> {

@@ -181,6 +181,17 @@ impl Lab {
     pub fn controller_log(&self) -> String {
         self.controller.log_text()
     }
+
+    /// Fails a test about `edge`: panics with `what`, the box's console and
+    /// the controller's log.
+    pub fn fail(&self, edge: &EdgeBox, what: &str) -> ! {
+        panic!(
+            "{}: {what}\n--- box console ---\n{}\n--- controller log ---\n{}",
+            edge.name,
+            edge.console_text(),
+            self.controller_log()
+        )
+    }
 }
 
 /// Runs `ip <args>`; an error carries its stderr.

@@ -72,7 +72,7 @@ fn containers_in_box(arch: Arch, device: &str) {
     );
 
     // An air-gapped import; the name it prints is what manifests use.
-    let imported = run(&edge, "edge-agent import /mnt/payload/busybox");
+    let imported = edge.sh("edge-agent import /mnt/payload/busybox");
     let image = imported
         .lines()
         .filter_map(|l| l.split('\t').next())
@@ -90,7 +90,7 @@ fn containers_in_box(arch: Arch, device: &str) {
         (d["applied_generation"].as_u64()? >= generation && all).then_some(())
     });
     if running.is_none() {
-        failure(&lab, &edge, "the slices and containers never all ran");
+        lab.fail(&edge, "the slices and containers never all ran");
     }
     let human = lab.controller.fleetctl(&["describe", "device", device]);
     assert!(
@@ -108,7 +108,7 @@ fn containers_in_box(arch: Arch, device: &str) {
         !blocked.contains("probe db reachable"),
         "visitor reached db across slices:\n{blocked}"
     );
-    eprintln!("{device}: slices:\n{}", run(&edge, "edge-agent slices"));
+    eprintln!("{device}: slices:\n{}", edge.sh("edge-agent slices"));
 
     // Kill web's process: on-failure restarts it and counts the restart.
     let restarts = lab
@@ -116,26 +116,25 @@ fn containers_in_box(arch: Arch, device: &str) {
         .describe(device)
         .and_then(|d| object(&d, "web")?["restarts"].as_u64())
         .expect("web's restart count");
-    let pid = crun_pid(&edge, "web").unwrap_or_else(|| failure(&lab, &edge, "web has no pid"));
-    run(&edge, &format!("kill -9 {pid}"));
+    let pid = crun_pid(&edge, "web").unwrap_or_else(|| lab.fail(&edge, "web has no pid"));
+    edge.sh(&format!("kill -9 {pid}"));
     let restarted = wait_until(CONVERGE, || {
         let d = lab.controller.describe(device)?;
         let web = object(&d, "web")?;
         (web["phase"] == "running" && web["restarts"].as_u64() == Some(restarts + 1)).then_some(())
     });
     if restarted.is_none() {
-        failure(&lab, &edge, "web was not restarted once after the kill");
+        lab.fail(&edge, "web was not restarted once after the kill");
     }
     let new_pid = wait_until(CONVERGE, || crun_pid(&edge, "web").filter(|p| *p != pid))
-        .unwrap_or_else(|| failure(&lab, &edge, "web runs no new process"));
-    let logs = run(&edge, "edge-agent logs web");
+        .unwrap_or_else(|| lab.fail(&edge, "web runs no new process"));
+    let logs = edge.sh("edge-agent logs web");
     assert!(logs.contains("killed by signal 9"), "{logs}");
 
     // Kill the agent (init starts it again): web keeps its process.
     let mark = edge.console_text().len();
     // (Matched on the whole command line: monitors are edge-agent too.)
-    run(
-        &edge,
+    edge.sh(
         "for d in /proc/[0-9]*; do tr '\\0' ' ' < $d/cmdline 2>/dev/null | \
          grep -q '^/usr/bin/edge-agent run ' && kill -9 ${d#/proc/}; done; true",
     );
@@ -145,7 +144,7 @@ fn containers_in_box(arch: Arch, device: &str) {
             .then_some(())
     });
     if adopted.is_none() {
-        failure(&lab, &edge, "the restarted agent adopted no container");
+        lab.fail(&edge, "the restarted agent adopted no container");
     }
     assert_eq!(crun_pid(&edge, "web"), Some(new_pid), "same web process");
 
@@ -154,18 +153,16 @@ fn containers_in_box(arch: Arch, device: &str) {
     edge.power_cycle().expect("power cycle");
     edge.wait_ready(BOOT).unwrap_or_else(|e| panic!("{e}"));
     let back = wait_until(CONVERGE, || {
-        let ids = run(
-            &edge,
-            &format!("crun --root {CRUN_ROOT} list -q 2>/dev/null; true"),
-        );
+        let ids = edge.sh(&format!(
+            "crun --root {CRUN_ROOT} list -q 2>/dev/null; true"
+        ));
         ["web", "db", "peer", "visitor"]
             .iter()
             .all(|name| ids.lines().any(|l| l == *name))
             .then_some(())
     });
     if back.is_none() {
-        failure(
-            &lab,
+        lab.fail(
             &edge,
             "the containers did not come back after the power cut",
         );
@@ -173,12 +170,12 @@ fn containers_in_box(arch: Arch, device: &str) {
     // Logs survive on the state disk: "web reachable" from before the cut
     // and again after it (a fresh line after the second "started").
     let again = wait_until(CONVERGE, || {
-        let text = run(&edge, "edge-agent logs visitor");
+        let text = edge.sh("edge-agent logs visitor");
         let after = text.rsplit("mecvisor started").next()?;
         after.contains("probe web reachable").then_some(())
     });
     if again.is_none() {
-        failure(&lab, &edge, "visitor did not reach web after the power cut");
+        lab.fail(&edge, "visitor did not reach web after the power cut");
     }
 }
 
@@ -247,12 +244,11 @@ fn apply(lab: &Lab, dir: &Path, device: &str, image: &str) -> u64 {
 fn expect_probe(lab: &Lab, edge: &EdgeBox, workload: &str, what: &str) -> String {
     let needle = format!("probe {what}");
     wait_until(CONVERGE, || {
-        Some(run(edge, &format!("edge-agent logs {workload}"))).filter(|t| t.contains(&needle))
+        Some(edge.sh(&format!("edge-agent logs {workload}"))).filter(|t| t.contains(&needle))
     })
     .unwrap_or_else(|| {
-        let logs = run(edge, &format!("edge-agent logs {workload} --tail 20"));
-        failure(
-            lab,
+        let logs = edge.sh(&format!("edge-agent logs {workload} --tail 20"));
+        lab.fail(
             edge,
             &format!("{workload} never logged {needle:?}:\n{logs}"),
         )
@@ -261,10 +257,9 @@ fn expect_probe(lab: &Lab, edge: &EdgeBox, workload: &str, what: &str) -> String
 
 /// The PID of container `id`'s process, from crun.
 fn crun_pid(edge: &EdgeBox, id: &str) -> Option<i64> {
-    let text = run(
-        edge,
-        &format!("crun --root {CRUN_ROOT} state {id} 2>/dev/null; true"),
-    );
+    let text = edge.sh(&format!(
+        "crun --root {CRUN_ROOT} state {id} 2>/dev/null; true"
+    ));
     let state: Value = serde_json::from_str(&text).ok()?;
     (state["status"] == "running").then(|| state["pid"].as_i64())?
 }
@@ -274,19 +269,4 @@ fn object<'a>(describe: &'a Value, name: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|o| o["name"] == name)
-}
-
-fn run(edge: &EdgeBox, script: &str) -> String {
-    edge.run(script, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", edge.boot_console()))
-        .output
-}
-
-fn failure(lab: &Lab, edge: &EdgeBox, what: &str) -> ! {
-    panic!(
-        "{}: {what}\n--- box console ---\n{}\n--- controller log ---\n{}",
-        edge.name,
-        edge.console_text(),
-        lab.controller_log()
-    )
 }

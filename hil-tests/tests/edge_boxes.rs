@@ -40,7 +40,7 @@ fn lifecycle(arch: Arch, device: &str) {
     eprintln!("{device}: ready after {:.1} s", took.as_secs_f64());
 
     // 1. /dev/kvm and the hello with the architecture.
-    let kvm = run(&edge, "test -c /dev/kvm && echo kvm-present");
+    let kvm = edge.sh("test -c /dev/kvm && echo kvm-present");
     assert!(
         kvm.contains("kvm-present"),
         "{device}: no /dev/kvm:\n{}",
@@ -56,7 +56,7 @@ fn lifecycle(arch: Arch, device: &str) {
             .find(|d| d["name"] == device && d["online"] == true)
             .map(|d| d["arch"].as_str().unwrap_or_default().to_string())
     });
-    let seen = seen.unwrap_or_else(|| failure(&lab, &edge, "hello never reached the controller"));
+    let seen = seen.unwrap_or_else(|| lab.fail(&edge, "hello never reached the controller"));
     assert_eq!(seen, arch.name(), "architecture reported by {device}");
     let table = lab.controller.fleetctl(&["get", "devices"]);
     assert!(
@@ -81,7 +81,7 @@ fn lifecycle(arch: Arch, device: &str) {
         (d["online"] == false).then_some(())
     });
     if offline.is_none() {
-        failure(&lab, &edge, "controller never saw the box go offline");
+        lab.fail(&edge, "controller never saw the box go offline");
     }
     assert_eq!(
         agent_pid(&edge),
@@ -122,13 +122,7 @@ fn lifecycle(arch: Arch, device: &str) {
         let status: Value = serde_json::from_str(out.output.trim()).ok()?;
         (status["running"] == true).then_some(status)
     })
-    .unwrap_or_else(|| {
-        failure(
-            &lab,
-            &edge,
-            "agent status unavailable after the power cycle",
-        )
-    });
+    .unwrap_or_else(|| lab.fail(&edge, "agent status unavailable after the power cycle"));
     assert_eq!(
         status["applied_generation"].as_u64(),
         Some(second),
@@ -164,19 +158,12 @@ fn wait_acked(lab: &Lab, edge: &EdgeBox, device: &str, generation: u64) {
         (d["acked_generation"].as_u64()? >= generation).then_some(())
     });
     if acked.is_none() {
-        failure(lab, edge, &format!("generation {generation} never acked"));
+        lab.fail(edge, &format!("generation {generation} never acked"));
     }
 }
 
-fn run(edge: &EdgeBox, script: &str) -> String {
-    let out = edge
-        .run(script, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", edge.boot_console()));
-    out.output
-}
-
 fn agent_pid(edge: &EdgeBox) -> String {
-    let pid = run(edge, "pidof edge-agent").trim().to_string();
+    let pid = edge.sh("pidof edge-agent").trim().to_string();
     assert!(
         !pid.is_empty(),
         "{}: edge-agent is not running:\n{}",
@@ -184,13 +171,4 @@ fn agent_pid(edge: &EdgeBox) -> String {
         edge.boot_console()
     );
     pid
-}
-
-fn failure(lab: &Lab, edge: &EdgeBox, what: &str) -> ! {
-    panic!(
-        "{}: {what}\n--- box console ---\n{}\n--- controller log ---\n{}",
-        edge.name,
-        edge.console_text(),
-        lab.controller_log()
-    )
 }

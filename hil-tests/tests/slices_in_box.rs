@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mecvisor_e2e::wait_until;
-use mecvisor_hil::{skip_unless_ready, Arch, EdgeBox, Lab};
+use mecvisor_hil::{skip_unless_ready, Arch, Lab};
 use network_slicing::names::{link_name, Role};
 use serde_json::Value;
 
@@ -54,10 +54,10 @@ fn slices_in_box(arch: Arch, device: &str) {
         (d["applied_generation"].as_u64()? >= generation && all).then_some(())
     });
     if running.is_none() {
-        failure(&lab, &edge, "the slices never reported running");
+        lab.fail(&edge, "the slices never reported running");
     }
 
-    let table = run(&edge, "edge-agent slices");
+    let table = edge.sh("edge-agent slices");
     for (slice, vlan, _, _) in SLICES {
         assert!(
             table.lines().any(|l| l.starts_with(slice)
@@ -74,10 +74,9 @@ fn slices_in_box(arch: Arch, device: &str) {
     let capture = Tcpdump::start(lab.netns(), &edge.tap, &lab.dir().join("capture"));
     for (slice, _, gateway, peer) in SLICES {
         let bridge = link_name(slice, Role::Bridge);
-        run(
-            &edge,
-            &format!("ip addr add {gateway} dev {bridge} && ping -c 2 -W 1 {peer}; true"),
-        );
+        edge.sh(&format!(
+            "ip addr add {gateway} dev {bridge} && ping -c 2 -W 1 {peer}; true"
+        ));
     }
     let lines = capture.stop();
     let all = lines.join("\n");
@@ -103,7 +102,7 @@ fn slices_in_box(arch: Arch, device: &str) {
             "VLAN {vlan} carried another slice's frame: {foreign:?}"
         );
     }
-    let table = run(&edge, "edge-agent slices -o json");
+    let table = edge.sh("edge-agent slices -o json");
     let status: Value = serde_json::from_str(&table).unwrap_or_else(|e| panic!("{e}: {table}"));
     for entry in status.as_array().expect("a list") {
         assert!(entry["egress"]["packets"].as_u64() >= Some(2), "{entry:#}");
@@ -116,17 +115,13 @@ fn slices_in_box(arch: Arch, device: &str) {
         (d["applied_generation"].as_u64()? >= generation).then_some(())
     });
     if empty.is_none() {
-        failure(&lab, &edge, "the slice removal was never applied");
+        lab.fail(&edge, "the slice removal was never applied");
     }
     let left = wait_until(CONVERGE, || {
-        let table = run(&edge, "edge-agent slices; ip link | grep -c ' mv' ; true");
+        let table = edge.sh("edge-agent slices; ip link | grep -c ' mv' ; true");
         table.starts_with("no slices\n0").then_some(())
     });
-    assert!(
-        left.is_some(),
-        "{}",
-        run(&edge, "edge-agent slices; ip link")
-    );
+    assert!(left.is_some(), "{}", edge.sh("edge-agent slices; ip link"));
 }
 
 fn apply(lab: &Lab, dir: &Path, device: &str, with_slices: bool) -> u64 {
@@ -155,21 +150,6 @@ fn apply(lab: &Lab, dir: &Path, device: &str, with_slices: bool) -> u64 {
         .describe(device)
         .and_then(|d| d["desired_generation"].as_u64())
         .expect("desired generation after apply")
-}
-
-fn run(edge: &EdgeBox, script: &str) -> String {
-    edge.run(script, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", edge.boot_console()))
-        .output
-}
-
-fn failure(lab: &Lab, edge: &EdgeBox, what: &str) -> ! {
-    panic!(
-        "{}: {what}\n--- box console ---\n{}\n--- controller log ---\n{}",
-        edge.name,
-        edge.console_text(),
-        lab.controller_log()
-    )
 }
 
 /// tcpdump on the lab side of a box's link (link-level headers, numeric).
