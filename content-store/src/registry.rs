@@ -13,7 +13,7 @@ use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
-use crate::blobs::{BlobError, Blobs};
+use crate::blobs::{BlobError, Blobs, Ingest};
 use crate::digest::Digest;
 use crate::manifest::ACCEPTED;
 
@@ -350,18 +350,33 @@ impl Registries {
                     }
                 }
             };
+            // Chunks are gathered into batches written (and hashed) on a
+            // blocking thread, not on the executor.
+            let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES);
             let mut stream = stream.stream;
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|source| RegistryError::Stream {
-                    registry: reference.registry().to_string(),
-                    digest: digest.clone(),
-                    offset: ingest.offset(),
-                    source,
-                })?;
-                ingest.append(&chunk, size)?;
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(source) => {
+                        // Keep what arrived: the next attempt resumes after it.
+                        let ingest = write_batch(ingest, batch, size, reference, digest).await?;
+                        return Err(RegistryError::Stream {
+                            registry: reference.registry().to_string(),
+                            digest: digest.clone(),
+                            offset: ingest.offset(),
+                            source,
+                        });
+                    }
+                };
+                batch.extend_from_slice(&chunk);
                 self.received
                     .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if batch.len() >= WRITE_BATCH_BYTES {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH_BYTES));
+                    ingest = write_batch(ingest, full, size, reference, digest).await?;
+                }
             }
+            ingest = write_batch(ingest, batch, size, reference, digest).await?;
         }
         let owner = blobs.clone();
         tokio::task::spawn_blocking(move || ingest.commit(&owner, size))
@@ -370,6 +385,28 @@ impl Registries {
         debug!(%digest, size, "blob stored");
         Ok(())
     }
+}
+
+/// Downloaded bytes are written to the partial blob in batches of about
+/// this size, each on a blocking thread.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+
+/// Appends `batch` to the partial blob on a blocking thread (nothing to do
+/// for an empty batch); gives the ingest back.
+async fn write_batch(
+    mut ingest: Ingest,
+    batch: Vec<u8>,
+    size: u64,
+    reference: &Reference,
+    digest: &Digest,
+) -> Result<Ingest, RegistryError> {
+    if batch.is_empty() {
+        return Ok(ingest);
+    }
+    tokio::task::spawn_blocking(move || ingest.append(&batch, size).map(|()| ingest))
+        .await
+        .map_err(worker_failed(reference, digest))?
+        .map_err(RegistryError::from)
 }
 
 /// A blocking worker thread died (panicked) while handling `digest`.
