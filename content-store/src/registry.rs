@@ -133,6 +133,16 @@ pub enum RegistryError {
         /// The error.
         source: std::io::Error,
     },
+    /// A manifest request failed or was refused.
+    #[error("registry {registry}: manifest {reference}: {message}")]
+    Manifest {
+        /// `host[:port]`.
+        registry: String,
+        /// The reference asked for.
+        reference: String,
+        /// What went wrong (HTTP status, size bound, digest, connection).
+        message: String,
+    },
     /// The blob could not be stored (size or digest mismatch, disk).
     #[error(transparent)]
     Blob(#[from] BlobError),
@@ -180,9 +190,17 @@ fn system_has_roots() -> bool {
     }
 }
 
+/// The largest manifest or index accepted (the bound registries such as
+/// distribution apply themselves): a registry sending more is refused
+/// before the agent's memory fills up.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
 /// A client for every configured registry.
 pub struct Registries {
     client: Client,
+    /// For manifests: oci-client reads a manifest body whole, unbounded;
+    /// this client (same TLS roots and timeouts) reads it with a bound.
+    http: reqwest::Client,
     options: RegistryOptions,
     received: std::sync::atomic::AtomicU64,
 }
@@ -192,12 +210,20 @@ impl Registries {
     pub fn new(options: RegistryOptions) -> Result<Registries, RegistryError> {
         crate::install_crypto_provider();
         let mut extra_root_certificates = Vec::new();
+        let mut extra_roots = Vec::new();
         for access in options.registries.values() {
             if let Some(path) = &access.ca_file {
                 let data = std::fs::read(path).map_err(|source| RegistryError::CaFile {
                     path: path.clone(),
                     source,
                 })?;
+                let certificates = reqwest::Certificate::from_pem_bundle(&data).map_err(|e| {
+                    RegistryError::CaFile {
+                        path: path.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    }
+                })?;
+                extra_roots.extend(certificates);
                 extra_root_certificates.push(Certificate {
                     encoding: CertificateEncoding::Pem,
                     data,
@@ -217,8 +243,19 @@ impl Registries {
             read_timeout: Some(Duration::from_secs(options.read_timeout_secs)),
             ..ClientConfig::default()
         };
+        let http = reqwest::Client::builder()
+            .tls_certs_merge(extra_roots)
+            .connect_timeout(Duration::from_secs(options.connect_timeout_secs))
+            .read_timeout(Duration::from_secs(options.read_timeout_secs))
+            .build()
+            .map_err(|e| RegistryError::Manifest {
+                registry: String::new(),
+                reference: String::new(),
+                message: format!("cannot build the HTTP client: {e}"),
+            })?;
         Ok(Registries {
             client: Client::new(config),
+            http,
             options,
             received: std::sync::atomic::AtomicU64::new(0),
         })
@@ -256,25 +293,85 @@ impl Registries {
     }
 
     /// Fetches a manifest (by the reference's tag or digest); returns its
-    /// bytes and digest (checked against a pinned digest by oci-client).
+    /// bytes and digest. Bodies above [`MAX_MANIFEST_BYTES`] are refused
+    /// (by Content-Length before any byte, else while reading), and so is
+    /// a body that does not match the reference's digest.
     pub async fn manifest(
         &self,
         reference: &Reference,
     ) -> Result<(Vec<u8>, Digest), RegistryError> {
         let seconds = self.options.connect_timeout_secs + 2 * self.options.read_timeout_secs;
-        let auth = self.auth(reference);
-        let fetch = self.client.pull_manifest_raw(reference, &auth, &ACCEPTED);
-        let (bytes, _) = tokio::time::timeout(std::time::Duration::from_secs(seconds), fetch)
+        let fetch = self.fetch_manifest(reference);
+        let bytes = tokio::time::timeout(std::time::Duration::from_secs(seconds), fetch)
             .await
             .map_err(|_| RegistryError::Deadline {
                 registry: reference.registry().to_string(),
                 what: format!("manifest {}", reference.whole()),
                 seconds,
-            })?
-            .map_err(Self::distribution(reference))?;
+            })??;
         let digest = Digest::of(&bytes);
+        if let Some(pinned) = reference.digest() {
+            if pinned != digest.to_string() {
+                return Err(manifest_error(
+                    reference,
+                    format!("the registry sent content with digest {digest}"),
+                ));
+            }
+        }
         debug!(%digest, bytes = bytes.len(), "manifest fetched");
-        Ok((bytes.to_vec(), digest))
+        Ok((bytes, digest))
+    }
+
+    async fn fetch_manifest(&self, reference: &Reference) -> Result<Vec<u8>, RegistryError> {
+        // oci-client does the token dance (bearer tokens for this
+        // repository); basic credentials go straight on the request.
+        let auth = self.auth(reference);
+        let token = self
+            .client
+            .auth(reference, &auth, oci_client::RegistryOperation::Pull)
+            .await
+            .map_err(Self::distribution(reference))?;
+        let registry = reference.resolve_registry();
+        let plain = self
+            .options
+            .registries
+            .get(reference.registry())
+            .or_else(|| self.options.registries.get(registry))
+            .is_some_and(|a| a.plain_http);
+        let url = format!(
+            "{}://{registry}/v2/{}/manifests/{}",
+            if plain { "http" } else { "https" },
+            reference.repository(),
+            reference.digest().or(reference.tag()).unwrap_or("latest"),
+        );
+        let mut request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+        request = match (&auth, token) {
+            (_, Some(token)) => request.bearer_auth(token),
+            (RegistryAuth::Basic(user, password), None) => request.basic_auth(user, Some(password)),
+            _ => request,
+        };
+        let failed = |e: reqwest::Error| manifest_error(reference, e.to_string());
+        let mut response = request.send().await.map_err(failed)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(manifest_error(reference, format!("HTTP {status}")));
+        }
+        if let Some(length) = response.content_length() {
+            if length > MAX_MANIFEST_BYTES as u64 {
+                return Err(too_big(reference));
+            }
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                return Err(too_big(reference));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// Downloads one blob into the store, resuming a partial download left
@@ -385,6 +482,21 @@ impl Registries {
         debug!(%digest, size, "blob stored");
         Ok(())
     }
+}
+
+fn manifest_error(reference: &Reference, message: String) -> RegistryError {
+    RegistryError::Manifest {
+        registry: reference.registry().to_string(),
+        reference: reference.whole(),
+        message,
+    }
+}
+
+fn too_big(reference: &Reference) -> RegistryError {
+    manifest_error(
+        reference,
+        format!("larger than the {MAX_MANIFEST_BYTES} bytes a manifest may have; refused"),
+    )
 }
 
 /// Downloaded bytes are written to the partial blob in batches of about

@@ -401,6 +401,65 @@ async fn a_hanging_or_garbage_registry_fails_cleanly() {
     assert_eq!(blob_files(dir.path()), 0);
 }
 
+/// A registry that answers every request with a manifest that never ends
+/// (no Content-Length) or one announced as 1 GiB: refused once past the
+/// bound (4 MiB), quickly, with nothing stored.
+#[tokio::test]
+async fn an_oversized_manifest_is_refused() {
+    for announced in [None, Some(1u64 << 30)] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let host = listener.local_addr().expect("addr").to_string();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        std::thread::spawn(move || {
+            while let Ok((mut conn, _)) = listener.accept() {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request);
+                let length =
+                    announced.map_or(String::new(), |n| format!("Content-Length: {n}\r\n"));
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n{length}Connection: close\r\n\r\n{{\"schemaVersion\": 2, \"pad\": \""
+                );
+                if conn.write_all(head.as_bytes()).is_err() {
+                    continue;
+                }
+                let filler = [b'x'; 64 * 1024];
+                // Up to 64 MiB per connection, or until the client hangs up.
+                for _ in 0..1024 {
+                    if conn.write_all(&filler).is_err() {
+                        break;
+                    }
+                    counter.fetch_add(filler.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = StoreOptions::at(dir.path());
+        options.registries.registries.insert(
+            host.clone(),
+            RegistryAccess {
+                plain_http: true,
+                ..Default::default()
+            },
+        );
+        let store = ContentStore::open(options).expect("store");
+        let err = store
+            .ensure(&format!("{host}/app:v1"))
+            .await
+            .expect_err("an oversized manifest")
+            .to_string();
+        assert!(err.contains("larger than the 4194304 bytes"), "{err}");
+        assert!(err.contains(&host), "{err}");
+        assert_eq!(blob_files(dir.path()), 0);
+        // The client stopped reading near the bound, not at the server's end.
+        let total = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            total < 48 << 20,
+            "read {total} bytes of an oversized manifest"
+        );
+    }
+}
+
 #[tokio::test]
 async fn gc_keeps_what_is_wanted_and_removes_the_rest() {
     let Some(registry) = Registry::start(RegistryOptions::default()) else {

@@ -177,7 +177,8 @@ async fn no_credentials_or_a_wrong_password_get_nothing() {
             assert!(
                 err.to_lowercase().contains("not authorized")
                     || err.contains("401")
-                    || err.to_lowercase().contains("unauthorized"),
+                    || err.to_lowercase().contains("unauthorized")
+                    || err.to_lowercase().contains("authentication failure"),
                 "{name}: {err}"
             );
             assert_eq!(blob_files(dir.path()), 0, "{name}: no blob stored");
