@@ -1,0 +1,22 @@
+//! mecvisor's microVMM, built on the rust-vmm crates (kvm-ioctls,
+//! vm-memory, ...): one process per guest, run by the agent as
+//! `edge-agent vmm`. See `../shared/DESIGN.md`, "VMM".
+//!
+//! The pieces, one concern per module:
+//! - [`memory`]: the guest's RAM, mapped in this process;
+//! - [`vm`]: a KVM virtual machine holding that RAM;
+//! - [`vcpu`]: one virtual CPU and its run loop, handing port and MMIO
+//!   accesses to an [`vcpu::ExitHandler`] (the devices);
+//! - [`arch`]: what differs per architecture (register setup, boot
+//!   layout), under `arch/x86_64` and `arch/aarch64` only.
+
+#![warn(missing_docs)]
+
+pub mod arch;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use memory::{GuestRam, MemoryError};
+pub use vcpu::{ExitHandler, Stop, Vcpu, VcpuError};
+pub use vm::{Vm, VmError};
