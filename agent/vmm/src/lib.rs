@@ -7,12 +7,15 @@
 //! - [`vm`]: a KVM virtual machine holding that RAM;
 //! - [`vcpu`]: one virtual CPU and its run loop, handing port and MMIO
 //!   accesses to an [`vcpu::ExitHandler`] (the devices);
+//! - [`devices`]: what the guest talks to (port bus, serial console,
+//!   reset), each device behind its own range;
 //! - [`arch`]: what differs per architecture (register setup, boot
 //!   layout), under `arch/x86_64` and `arch/aarch64` only.
 
 #![warn(missing_docs)]
 
 pub mod arch;
+pub mod devices;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;

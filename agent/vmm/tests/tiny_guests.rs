@@ -176,3 +176,75 @@ fn too_little_ram_for_a_long_mode_boot_is_refused() {
     let err = setup_long_mode(&vcpu, vm.ram(), 0x1000).expect_err("too small");
     assert!(err.to_string().contains("too small"), "{err}");
 }
+
+/// The serial output, shared between the UART (writer) and the test.
+#[derive(Clone, Default)]
+struct Console(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("console").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_guest_prints_on_com1_and_resets_through_the_i8042() {
+    use mecvisor_vmm::devices::i8042::{KeyboardController, I8042_BASE, I8042_PORTS};
+    use mecvisor_vmm::devices::pio::PortBus;
+    use mecvisor_vmm::devices::serial::{SerialPort, COM1_BASE, UART_PORTS};
+    use mecvisor_vmm::devices::signal::Signal;
+    use mecvisor_vmm::devices::Devices;
+
+    skip_without_kvm!("a_guest_prints_on_com1_and_resets_through_the_i8042");
+    #[rustfmt::skip]
+    let code: &[u8] = &[
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'h',       // mov al, 'h'
+        0xee,             // out dx, al
+        0xb0, b'i',       // mov al, 'i'
+        0xee,             // out dx, al
+        0xb0, b'\n',      // mov al, '\n'
+        0xee,             // out dx, al
+        0xba, 0xfd, 0x03, // mov dx, 0x3fd
+        0xec,             // in al, dx         (line status)
+        0xa2, 0x00, 0x20, // mov [0x2000], al  (kept for the test)
+        0xb0, 0xfe,       // mov al, 0xfe
+        0xe6, 0x64,       // out 0x64, al      (i8042: reset the CPU)
+        0xeb, 0xfe,       // jmp $
+    ];
+    let vm = vm_with_code(64 * 1024, 0x1000, code);
+    let mut vcpu = vm.create_vcpu(0).expect("vCPU");
+    setup_real_mode(&vcpu, 0x1000).expect("real mode");
+    let console = Console::default();
+    let reset = Signal::new().expect("reset signal");
+    let mut ports = PortBus::new();
+    let uart = SerialPort::new(Signal::new().expect("irq"), console.clone());
+    ports
+        .insert("com1", COM1_BASE, UART_PORTS, Box::new(uart))
+        .expect("com1");
+    ports
+        .insert(
+            "i8042",
+            I8042_BASE,
+            I8042_PORTS,
+            Box::new(KeyboardController::new(reset.clone())),
+        )
+        .expect("i8042");
+    let mut devices = Devices::new(ports, reset.clone());
+    assert_eq!(vcpu.run(&mut devices).expect("run"), Stop::Requested);
+    assert!(devices.reset_requested());
+    assert_eq!(console.0.lock().expect("console").as_slice(), b"hi\n");
+    let mut status = [0u8];
+    vm.ram().read(0x2000, &mut status).expect("read");
+    assert_eq!(
+        status[0] & 0x60,
+        0x60,
+        "transmitter empty in the line status: {:#x}",
+        status[0]
+    );
+    assert!(reset.take(), "the reset eventfd fired");
+}
