@@ -65,6 +65,11 @@ impl GuestRam {
         Ok(GuestRam { memory, size })
     }
 
+    /// The vm-memory view (for loaders working on guest memory).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size

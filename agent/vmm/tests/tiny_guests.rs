@@ -248,3 +248,87 @@ fn a_guest_prints_on_com1_and_resets_through_the_i8042() {
     );
     assert!(reset.take(), "the reset eventfd fired");
 }
+
+/// An ELF64 executable (x86-64) whose single PT_LOAD segment holds `code`
+/// at physical and virtual `address`, entered there.
+fn tiny_elf(address: u64, code: &[u8]) -> Vec<u8> {
+    const SEGMENT_OFFSET: u64 = 0x1000;
+    let mut elf = Vec::new();
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]); // 64-bit, LE, v1, SysV
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    elf.extend_from_slice(&address.to_le_bytes()); // e_entry
+    elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    elf.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    elf.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R + X
+    elf.extend_from_slice(&SEGMENT_OFFSET.to_le_bytes()); // p_offset
+    elf.extend_from_slice(&address.to_le_bytes()); // p_vaddr
+    elf.extend_from_slice(&address.to_le_bytes()); // p_paddr
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    elf.resize(SEGMENT_OFFSET as usize, 0);
+    elf.extend_from_slice(code);
+    elf
+}
+
+#[test]
+fn an_elf_kernel_is_loaded_and_entered_with_the_zero_page_in_rsi() {
+    use mecvisor_vmm::arch::x86_64::kernel::{load_kernel, KernelFormat};
+    use mecvisor_vmm::arch::x86_64::regs::setup_linux_boot;
+    use mecvisor_vmm::arch::x86_64::zero_page::write_zero_page;
+
+    skip_without_kvm!("an_elf_kernel_is_loaded_and_entered_with_the_zero_page_in_rsi");
+    // Prints the first byte of the command line the zero page points at,
+    // and the low byte of the e820 entry count.
+    #[rustfmt::skip]
+    let code: &[u8] = &[
+        0x8b, 0x86, 0x28, 0x02, 0x00, 0x00, // mov eax, [rsi + 0x228]  (hdr.cmd_line_ptr)
+        0x8a, 0x00,                         // mov al, [rax]
+        0x66, 0xba, 0xf8, 0x03,             // mov dx, 0x3f8
+        0xee,                               // out dx, al
+        0x8a, 0x86, 0xe8, 0x01, 0x00, 0x00, // mov al, [rsi + 0x1e8]  (e820_entries)
+        0xee,                               // out dx, al
+        0xf4,                               // hlt
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("vmlinux");
+    std::fs::write(&path, tiny_elf(0x20_0000, code)).expect("write the ELF");
+    let ram = GuestRam::new(4 << 20).expect("RAM");
+    let kernel =
+        load_kernel(&ram, &mut std::fs::File::open(&path).expect("open")).expect("load the ELF");
+    assert_eq!(kernel.format, KernelFormat::Elf { pvh_entry: None });
+    assert_eq!(kernel.entry, 0x20_0000);
+    write_zero_page(&ram, &kernel, "console=ttyS0 mecvisor", None).expect("zero page");
+    let vm = Vm::new(ram).expect("VM");
+    let mut vcpu = vm.create_vcpu(0).expect("vCPU");
+    setup_linux_boot(&vcpu, vm.ram(), kernel.entry).expect("boot state");
+    let mut guest = Recorder::default();
+    assert_eq!(vcpu.run(&mut guest).expect("run"), Stop::Halted);
+    assert_eq!(guest.port_writes, vec![(COM1, vec![b'c']), (COM1, vec![2])]);
+}
+
+#[test]
+fn garbage_is_not_a_kernel() {
+    use mecvisor_vmm::arch::x86_64::kernel::load_kernel;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("garbage");
+    std::fs::write(&path, vec![0x5a; 64 * 1024]).expect("write");
+    let ram = GuestRam::new(4 << 20).expect("RAM");
+    let err =
+        load_kernel(&ram, &mut std::fs::File::open(&path).expect("open")).expect_err("garbage");
+    let text = err.to_string();
+    assert!(
+        text.contains("as ELF") && text.contains("as bzImage"),
+        "{text}"
+    );
+}

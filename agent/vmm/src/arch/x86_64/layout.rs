@@ -24,3 +24,14 @@ pub const IDENTITY_MAPPED_BYTES: u64 = 1 << 30;
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// One page KVM uses for its identity page table, below the TSS pages.
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// The zero page (`boot_params`) handed to Linux in rsi.
+pub const ZERO_PAGE_ADDRESS: u64 = 0x7000;
+/// The kernel command line.
+pub const CMDLINE_ADDRESS: u64 = 0x20000;
+/// Longest command line accepted, with its NUL (the kernel's COMMAND_LINE_SIZE).
+pub const CMDLINE_MAX_BYTES: usize = 2048;
+/// Start of high memory: kernels load at or above it.
+pub const HIGH_MEMORY_START: u64 = 0x10_0000;
+/// End of the usable RAM below 1 MiB (the EBDA and the BIOS area follow).
+pub const LOW_MEMORY_END: u64 = 0x9_fc00;

@@ -3,8 +3,10 @@
 //! addresses of [`layout`].
 
 pub mod gdt;
+pub mod kernel;
 pub mod layout;
 pub mod regs;
+pub mod zero_page;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};

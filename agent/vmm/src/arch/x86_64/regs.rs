@@ -7,7 +7,7 @@ use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use super::gdt;
 use super::layout::{
     BOOT_STACK_POINTER, BOOT_STRUCTURES_END, GDT_ADDRESS, IDENTITY_MAPPED_BYTES, IDT_ADDRESS,
-    PDPT_ADDRESS, PD_ADDRESS, PML4_ADDRESS,
+    PDPT_ADDRESS, PD_ADDRESS, PML4_ADDRESS, ZERO_PAGE_ADDRESS,
 };
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError};
@@ -116,6 +116,19 @@ pub fn setup_long_mode(vcpu: &Vcpu, ram: &GuestRam, entry: u64) -> Result<(), Bo
             ..Default::default()
         },
     )
+}
+
+/// The Linux 64-bit boot protocol: long mode at the kernel's 64-bit
+/// `entry` with rsi pointing at the zero page (written by
+/// [`super::zero_page::write_zero_page`]).
+pub fn setup_linux_boot(vcpu: &Vcpu, ram: &GuestRam, entry: u64) -> Result<(), BootError> {
+    setup_long_mode(vcpu, ram, entry)?;
+    let mut regs = vcpu
+        .fd()
+        .get_regs()
+        .map_err(|source| registers(vcpu, "read the general registers", source))?;
+    regs.rsi = ZERO_PAGE_ADDRESS;
+    set_regs(vcpu, &regs)
 }
 
 /// PML4[0] -> PDPT[0] -> PD with 512 2 MiB pages: virtual = physical for
