@@ -332,3 +332,21 @@ fn garbage_is_not_a_kernel() {
         "{text}"
     );
 }
+
+#[test]
+fn a_kernel_reaching_past_guest_ram_is_refused() {
+    use mecvisor_vmm::arch::x86_64::kernel::load_kernel;
+
+    // 64 bytes of code at 3 MiB, but the segment claims 2 MiB of memory:
+    // it would end past the 4 MiB of RAM.
+    let mut elf = tiny_elf(0x30_0000, &[0xf4; 64]);
+    let memsz_offset = 64 + 40;
+    elf[memsz_offset..memsz_offset + 8].copy_from_slice(&(2u64 << 20).to_le_bytes());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big");
+    std::fs::write(&path, elf).expect("write");
+    let ram = GuestRam::new(4 << 20).expect("RAM");
+    let err =
+        load_kernel(&ram, &mut std::fs::File::open(&path).expect("open")).expect_err("too large");
+    assert!(err.to_string().contains("past guest RAM"), "{err}");
+}

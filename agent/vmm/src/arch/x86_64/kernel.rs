@@ -45,6 +45,14 @@ pub struct LoadedKernel {
 /// Why a kernel could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    /// The image (with its zero-filled part) reaches past guest RAM.
+    #[error("the kernel ends at {end:#x}, past guest RAM ({ram} bytes)")]
+    TooLarge {
+        /// Where it ends.
+        end: u64,
+        /// Guest RAM size.
+        ram: u64,
+    },
     /// Neither an ELF vmlinux nor a bzImage (or one that does not fit).
     #[error("not a loadable x86_64 kernel (as ELF: {elf}; as bzImage: {bzimage})")]
     Unrecognised {
@@ -55,8 +63,20 @@ pub enum KernelError {
     },
 }
 
-/// Loads the kernel in `image` into `ram`.
+/// Loads the kernel in `image` into `ram`; its end (including memory the
+/// image declares but does not carry, e.g. .bss) must lie inside RAM.
 pub fn load_kernel(ram: &GuestRam, image: &mut File) -> Result<LoadedKernel, KernelError> {
+    let kernel = load_any(ram, image)?;
+    if kernel.end > ram.size() {
+        return Err(KernelError::TooLarge {
+            end: kernel.end,
+            ram: ram.size(),
+        });
+    }
+    Ok(kernel)
+}
+
+fn load_any(ram: &GuestRam, image: &mut File) -> Result<LoadedKernel, KernelError> {
     let high = Some(GuestAddress(HIGH_MEMORY_START));
     let elf = match Elf::load(ram.memory(), None, image, high) {
         Ok(loaded) => {
