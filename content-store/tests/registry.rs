@@ -352,18 +352,24 @@ fn bad_server(reply: Option<&'static [u8]>) -> (String, std::thread::JoinHandle<
     (host, handle)
 }
 
-#[tokio::test]
-async fn a_hanging_or_garbage_registry_fails_cleanly() {
-    let (host, _hang) = bad_server(None);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut options = StoreOptions::at(dir.path());
+/// Store options reaching `host` over plain HTTP.
+fn plain_http_options(dir: &Path, host: &str) -> StoreOptions {
+    let mut options = StoreOptions::at(dir);
     options.registries.registries.insert(
-        host.clone(),
+        host.to_string(),
         RegistryAccess {
             plain_http: true,
             ..Default::default()
         },
     );
+    options
+}
+
+#[tokio::test]
+async fn a_hanging_or_garbage_registry_fails_cleanly() {
+    let (host, _hang) = bad_server(None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = plain_http_options(dir.path(), &host);
     options.registries.read_timeout_secs = 1;
     let store = ContentStore::open(options).expect("store");
     let started = Instant::now();
@@ -383,14 +389,7 @@ async fn a_hanging_or_garbage_registry_fails_cleanly() {
     let garbage: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 27\r\nConnection: close\r\n\r\n{\"schemaVersion\": \"banana\"}";
     let (host, _garbage) = bad_server(Some(garbage));
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut options = StoreOptions::at(dir.path());
-    options.registries.registries.insert(
-        host.clone(),
-        RegistryAccess {
-            plain_http: true,
-            ..Default::default()
-        },
-    );
+    let options = plain_http_options(dir.path(), &host);
     let store = ContentStore::open(options).expect("store");
     let err = store
         .ensure(&format!("{host}/app:v1"))
@@ -434,14 +433,7 @@ async fn an_oversized_manifest_is_refused() {
             }
         });
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut options = StoreOptions::at(dir.path());
-        options.registries.registries.insert(
-            host.clone(),
-            RegistryAccess {
-                plain_http: true,
-                ..Default::default()
-            },
-        );
+        let options = plain_http_options(dir.path(), &host);
         let store = ContentStore::open(options).expect("store");
         let err = store
             .ensure(&format!("{host}/app:v1"))
