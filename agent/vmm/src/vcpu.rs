@@ -2,7 +2,13 @@
 //! [`ExitHandler`] (the device bus); the loop ends when the guest halts or
 //! shuts down, or when the handler asks to stop.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 /// Why a vCPU stopped running guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,7 +18,7 @@ pub enum Stop {
     Halted,
     /// The guest shut down or triple-faulted.
     Shutdown,
-    /// The handler asked to stop (e.g. the guest wrote a "done" port).
+    /// The handler asked to stop (e.g. the guest reset), or the VMM did.
     Requested,
 }
 
@@ -80,15 +86,94 @@ pub trait ExitHandler {
     fn mmio_read(&mut self, address: u64, data: &mut [u8]);
 }
 
+/// The real-time signal (offset from SIGRTMIN) that kicks a vCPU thread out
+/// of KVM_RUN; its handler does nothing, the interruption is the point.
+const KICK_SIGNAL_OFFSET: i32 = 0;
+/// How often a stop request re-sends the kick until the thread has left
+/// (a kick landing just before KVM_RUN is entered would otherwise be lost).
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+extern "C" fn ignore_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the kick handler (once per process). Without SA_RESTART, so
+/// KVM_RUN returns EINTR.
+fn install_kick_handler() -> std::io::Result<()> {
+    static INSTALL: Once = Once::new();
+    let mut result = Ok(());
+    INSTALL.call_once(|| {
+        result = register_signal_handler(SIGRTMIN() + KICK_SIGNAL_OFFSET, ignore_kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+    });
+    result
+}
+
 /// A vCPU of a [`crate::Vm`].
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
+    stop: Arc<AtomicBool>,
+}
+
+/// A vCPU running guest code on its own thread, with the device side
+/// (`H`) it was given.
+pub struct RunningVcpu<H> {
+    thread: JoinHandle<(Result<Stop, VcpuError>, H)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl<H> RunningVcpu<H> {
+    /// Whether the guest code stopped by itself (halt, shutdown, reset).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Stops the vCPU (kicking it out of KVM_RUN) and returns why it
+    /// stopped and its device side. A vCPU that already stopped by itself
+    /// reports that instead.
+    pub fn stop(self) -> (Result<Stop, VcpuError>, H) {
+        self.stop.store(true, Ordering::Release);
+        while !self.thread.is_finished() {
+            // The thread exists until joined; a failed kill means it is
+            // already gone.
+            let _ = self.thread.kill(SIGRTMIN() + KICK_SIGNAL_OFFSET);
+            std::thread::sleep(KICK_INTERVAL);
+        }
+        self.join()
+    }
+
+    /// Waits until the guest code stops by itself.
+    pub fn join(self) -> (Result<Stop, VcpuError>, H) {
+        match self.thread.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
 }
 
 impl Vcpu {
     pub(crate) fn new(fd: VcpuFd, index: u8) -> Vcpu {
-        Vcpu { fd, index }
+        Vcpu {
+            fd,
+            index,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Runs the vCPU on its own thread (`vcpu<index>`) with `handler` as
+    /// its device side, until it stops by itself or is stopped.
+    pub fn spawn<H: ExitHandler + Send + 'static>(
+        mut self,
+        mut handler: H,
+    ) -> std::io::Result<RunningVcpu<H>> {
+        install_kick_handler()?;
+        let stop = self.stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{}", self.index))
+            .spawn(move || {
+                let result = self.run(&mut handler);
+                (result, handler)
+            })?;
+        Ok(RunningVcpu { thread, stop })
     }
 
     /// Its index in the VM.
@@ -106,10 +191,15 @@ impl Vcpu {
     pub fn run(&mut self, handler: &mut dyn ExitHandler) -> Result<Stop, VcpuError> {
         let index = self.index;
         loop {
-            let exit = self
-                .fd
-                .run()
-                .map_err(|source| VcpuError::Run { index, source })?;
+            if self.stop.load(Ordering::Acquire) {
+                return Ok(Stop::Requested);
+            }
+            let exit = match self.fd.run() {
+                Ok(exit) => exit,
+                // Kicked (a stop request) or another signal: check again.
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(source) => return Err(VcpuError::Run { index, source }),
+            };
             match exit {
                 VcpuExit::IoOut(port, data) => {
                     if !handler.port_write(port, data) {

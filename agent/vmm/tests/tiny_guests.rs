@@ -350,3 +350,41 @@ fn a_kernel_reaching_past_guest_ram_is_refused() {
         load_kernel(&ram, &mut std::fs::File::open(&path).expect("open")).expect_err("too large");
     assert!(err.to_string().contains("past guest RAM"), "{err}");
 }
+
+/// Runs `f` on a thread and fails the test if it takes longer than 10 s
+/// (a vCPU that cannot be stopped would otherwise hang the test run).
+fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} did not finish within 10 s"))
+}
+
+#[test]
+fn a_spinning_vcpu_on_its_thread_is_stopped_on_request() {
+    skip_without_kvm!("a_spinning_vcpu_on_its_thread_is_stopped_on_request");
+    // jmp $: never exits to the VMM by itself.
+    let vm = vm_with_code(2 << 20, 0x1000, &[0xeb, 0xfe]);
+    let vcpu = vm.create_vcpu(0).expect("vCPU");
+    setup_long_mode(&vcpu, vm.ram(), 0x1000).expect("long mode");
+    let running = vcpu.spawn(Recorder::default()).expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!running.is_finished(), "the guest spins until stopped");
+    let (result, guest) = within_10s("stopping the vCPU", move || running.stop());
+    assert_eq!(result.expect("run"), Stop::Requested);
+    assert!(guest.port_writes.is_empty());
+    drop(vm);
+}
+
+#[test]
+fn a_vcpu_that_halted_by_itself_reports_the_halt_when_stopped() {
+    skip_without_kvm!("a_vcpu_that_halted_by_itself_reports_the_halt_when_stopped");
+    let vm = vm_with_code(64 * 1024, 0x1000, &[0xf4]);
+    let vcpu = vm.create_vcpu(0).expect("vCPU");
+    setup_real_mode(&vcpu, 0x1000).expect("real mode");
+    let running = vcpu.spawn(Recorder::default()).expect("spawn");
+    let (result, _) = within_10s("the halt", move || running.join());
+    assert_eq!(result.expect("run"), Stop::Halted);
+}
