@@ -261,13 +261,17 @@ impl Registries {
         })
     }
 
-    fn auth(&self, reference: &Reference) -> RegistryAuth {
-        let access = self
-            .options
+    /// The configured access settings of the reference's registry (by the
+    /// host as written, else as resolved, e.g. docker.io's real host).
+    fn access(&self, reference: &Reference) -> Option<&RegistryAccess> {
+        self.options
             .registries
             .get(reference.registry())
-            .or_else(|| self.options.registries.get(reference.resolve_registry()));
-        match access {
+            .or_else(|| self.options.registries.get(reference.resolve_registry()))
+    }
+
+    fn auth(&self, reference: &Reference) -> RegistryAuth {
+        match self.access(reference) {
             Some(RegistryAccess {
                 username: Some(user),
                 password: Some(password),
@@ -332,12 +336,7 @@ impl Registries {
             .await
             .map_err(Self::distribution(reference))?;
         let registry = reference.resolve_registry();
-        let plain = self
-            .options
-            .registries
-            .get(reference.registry())
-            .or_else(|| self.options.registries.get(registry))
-            .is_some_and(|a| a.plain_http);
+        let plain = self.access(reference).is_some_and(|a| a.plain_http);
         let url = format!(
             "{}://{registry}/v2/{}/manifests/{}",
             if plain { "http" } else { "https" },
