@@ -23,6 +23,12 @@ pub enum Verdict {
     Duplicate,
     /// Refused for the given reason; nothing changed.
     Rejected(String),
+    /// Refused because it is older than, or differs at the same generation
+    /// from, the document this device holds: the controller does not know
+    /// what the device holds (its database was lost or restored, or a hello
+    /// went unheard). Nothing changed; the caller says hello again so the
+    /// controller can issue a newer generation.
+    Stale(String),
 }
 
 /// Who we are and whom we trust.
@@ -71,7 +77,7 @@ pub fn handle_desired(
                 "refused: generation {generation} is older than the accepted generation {} (replay)",
                 current.generation
             );
-            return reject(store, me, generation, hash, reason);
+            return reject(store, me, generation, hash, reason).map(stale);
         }
         if generation == current.generation {
             if hash == current.content_hash {
@@ -86,7 +92,7 @@ pub fn handle_desired(
                 "refused: generation {generation} was already accepted with hash {}, this one has {hash}",
                 current.content_hash
             );
-            return reject(store, me, generation, hash, reason);
+            return reject(store, me, generation, hash, reason).map(stale);
         }
     }
     let accepted = ack(me, generation, hash.clone(), AckOutcome::Accepted);
@@ -126,6 +132,14 @@ fn ack(me: &Identity, generation: u64, content_hash: String, outcome: AckOutcome
         generation,
         content_hash,
         outcome,
+    }
+}
+
+/// Turns a refusal into [`Verdict::Stale`].
+fn stale(verdict: Verdict) -> Verdict {
+    match verdict {
+        Verdict::Rejected(reason) => Verdict::Stale(reason),
+        other => other,
     }
 }
 
@@ -228,11 +242,23 @@ mod tests {
     }
 
     fn assert_rejected(f: &mut Fixture, bytes: &[u8], needle: &str) {
+        assert_refused(f, bytes, needle, false);
+    }
+
+    /// Like [`assert_rejected`], for refusals that must come back as
+    /// [`Verdict::Stale`] (the link then says hello again).
+    fn assert_stale(f: &mut Fixture, bytes: &[u8], needle: &str) {
+        assert_refused(f, bytes, needle, true);
+    }
+
+    fn assert_refused(f: &mut Fixture, bytes: &[u8], needle: &str, stale: bool) {
         let before = f.store.desired().unwrap();
         let verdict = handle_desired(bytes, &f.me, &mut f.store).unwrap();
-        match &verdict {
-            Verdict::Rejected(reason) => assert!(reason.contains(needle), "{reason}"),
-            other => panic!("expected rejection, got {other:?}"),
+        match (&verdict, stale) {
+            (Verdict::Rejected(reason), false) | (Verdict::Stale(reason), true) => {
+                assert!(reason.contains(needle), "{reason}")
+            }
+            (other, _) => panic!("expected a refusal (stale: {stale}), got {other:?}"),
         }
         assert_eq!(
             f.store.desired().unwrap(),
@@ -293,13 +319,13 @@ mod tests {
         let current = signed(&f, &state("edge-1", 2, 10));
         handle_desired(&current, &f.me, &mut f.store).unwrap();
         drain(&f.store);
-        assert_rejected(
+        assert_stale(
             &mut f,
             &old,
             "older than the accepted generation 2 (replay)",
         );
         let conflicting = signed(&f, &state("edge-1", 2, 11));
-        assert_rejected(&mut f, &conflicting, "already accepted with hash");
+        assert_stale(&mut f, &conflicting, "already accepted with hash");
         assert_eq!(f.store.desired().unwrap().unwrap().signed, current);
     }
 

@@ -400,6 +400,12 @@ impl Driver {
                 self.ctx.desired_tx.send_replace(Some(Arc::new(doc)));
             }
             Ok(Verdict::Duplicate | Verdict::Rejected(_)) => {}
+            Ok(Verdict::Stale(_)) => {
+                // The controller issued a document without knowing what this
+                // device holds; the hello tells it, and it answers with a
+                // newer generation.
+                self.send_hello();
+            }
             Err(e) => {
                 error!(error = %e, "cannot record the desired state; the controller will resend it after the next hello")
             }
@@ -420,7 +426,12 @@ impl Driver {
             return;
         }
         self.receipt_wait = RECEIPT_TIMEOUT;
-        self.hello_pending_since = None;
+        if receipt.seqs.is_empty() {
+            // Only the answer to a hello is empty; a receipt for reports
+            // does not mean the controller heard the hello (it may have
+            // missed it while it was not yet subscribed).
+            self.hello_pending_since = None;
+        }
         for seq in receipt.seqs {
             self.awaiting_receipt.remove(&seq);
             self.outstanding.remove(&seq);

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use mecvisor_e2e::site::{write_manifest, Agent, Broker, Controller};
-use mecvisor_e2e::wait_until;
+use mecvisor_e2e::site::{write_manifest, Agent, AgentOptions, Broker, Controller};
+use mecvisor_e2e::{skip, wait_until, Mosquitto};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -41,6 +41,64 @@ fn agent_converges_after_the_controller_lost_its_database() {
         status["objects"].as_array().map(Vec::len),
         Some(3),
         "{status:#}"
+    );
+}
+
+/// As above, but through mosquitto, so the agent's connection never drops
+/// while the controller restarts: the agent says no hello of its own, and
+/// the re-issued generation 1 reaches it before the controller knows what it
+/// holds. Refusing that document must make the agent say hello, so the
+/// controller issues generation 2.
+#[test]
+fn agent_still_connected_converges_after_the_controller_lost_its_database() {
+    if !Mosquitto::available() {
+        skip(
+            "agent_still_connected_converges_after_the_controller_lost_its_database",
+            "mosquitto is not installed (cargo xtask test installs it)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start(dir.path());
+    let external = || Broker::External {
+        url: broker.url(false),
+        tls: None,
+    };
+    let mut controller = Controller::start(dir.path(), external());
+    let agent = Agent::start(
+        dir.path(),
+        "edge-1",
+        &broker.url(false),
+        &controller.public_key(),
+        &AgentOptions::default(),
+    );
+    controller.apply(&write_manifest(dir.path(), "video", "edge-1", &["cam"]));
+    assert_eq!(controller.wait_acked("edge-1", 1, WAIT), 1);
+    wait_until(WAIT, || {
+        (agent.status()["applied_generation"].as_u64()? == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("agent did not apply generation 1: {}", agent.log_text()));
+
+    controller.stop();
+    for file in ["controller.db", "controller.db-wal", "controller.db-shm"] {
+        let _ = std::fs::remove_file(controller.data_dir.join(file));
+    }
+    controller.restart();
+    controller.apply(&write_manifest(
+        dir.path(),
+        "video",
+        "edge-1",
+        &["cam", "dvr"],
+    ));
+    let generation = controller.wait_acked("edge-1", 2, WAIT);
+    wait_until(WAIT, || {
+        (agent.status()["applied_generation"].as_u64()? == generation).then_some(())
+    })
+    .unwrap_or_else(|| panic!("agent did not converge: {}", agent.log_text()));
+    assert!(
+        agent.log_text().contains("already accepted with hash"),
+        "the re-issued generation 1 never reached the agent, so this test did not test the race: {}",
+        agent.log_text()
     );
 }
 
