@@ -11,6 +11,7 @@
 //! - [`containers`]: the container runtime (content store + OCI runtime).
 //! - [`logs`]: `edge-agent logs`, a workload's output.
 //! - [`slices`]: `edge-agent slices`, the kernel's view of the slices.
+//! - [`vmm`]: `edge-agent vmm`, one KVM guest on the microVMM.
 //! - [`reconciler`]: the per-object state machine.
 //! - [`status`]: status socket and `edge-agent status`.
 //! - [`metrics`]: agent self-metrics.
@@ -30,3 +31,4 @@ pub mod slices;
 pub mod slicing;
 pub mod status;
 pub mod store;
+pub mod vmm;

@@ -1,7 +1,7 @@
 //! `edge-agent`: keeps an edge box converged on the desired state signed by
 //! the fleet controller. See the modules for the pieces.
 
-use edge_agent::{agent, config, logs, slices, status};
+use edge_agent::{agent, config, logs, slices, status, vmm};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +84,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run one KVM guest in this process on mecvisor's microVMM until the
+    /// guest reboots or powers off, or SIGTERM/SIGINT arrives (the agent
+    /// starts one per VM workload). x86_64 only so far.
+    Vmm(#[command(flatten)] vmm::VmmArgs),
     /// Show the network slices this box holds, read from the kernel (not
     /// from the agent): state, traffic and drops per direction, and packets
     /// dropped for trying to cross into another slice. Needs root.
@@ -191,6 +195,10 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Vmm(args) => {
+            init_logging(LogFormat::Text);
+            vmm::main(args)
         }
         Command::ContainerMonitor { args } => {
             ExitCode::from(u8::try_from(containers::monitor::main(&args)).unwrap_or(1))

@@ -9,6 +9,9 @@
 //!   accesses to an [`vcpu::ExitHandler`] (the devices);
 //! - [`devices`]: what the guest talks to (port bus, serial console,
 //!   reset), each device behind its own range;
+//! - [`machine`]: a whole guest (RAM, VM, devices, kernel, vCPU threads)
+//!   and its [`event_loop`], which ends on a vCPU stop or a termination
+//!   [`signals`] (SIGTERM, SIGINT);
 //! - [`arch`]: what differs per architecture (register setup, boot
 //!   layout), under `arch/x86_64` and `arch/aarch64` only.
 
@@ -16,10 +19,14 @@
 
 pub mod arch;
 pub mod devices;
+pub mod event_loop;
+pub mod machine;
 pub mod memory;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;
 
+pub use machine::{Ended, Machine, MachineConfig, MachineError};
 pub use memory::{GuestRam, MemoryError};
 pub use vcpu::{ExitHandler, Stop, Vcpu, VcpuError};
 pub use vm::{Vm, VmError};

@@ -10,6 +10,8 @@ use std::time::Duration;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::devices::signal::Signal;
+
 /// Why a vCPU stopped running guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -59,6 +61,17 @@ pub enum VcpuError {
         index: u8,
         /// The exit, as KVM reported it.
         exit: String,
+    },
+    /// Setting the vCPU up failed for a reason KVM did not report as an
+    /// error code (e.g. it accepted only part of a register list).
+    #[error("vCPU {index}: {what}: {message}")]
+    Setup {
+        /// The vCPU.
+        index: u8,
+        /// The step.
+        what: &'static str,
+        /// What went wrong.
+        message: String,
     },
     /// Reading or writing registers failed.
     #[error("vCPU {index}: {what}: {source}")]
@@ -162,8 +175,18 @@ impl Vcpu {
     /// Runs the vCPU on its own thread (`vcpu<index>`) with `handler` as
     /// its device side, until it stops by itself or is stopped.
     pub fn spawn<H: ExitHandler + Send + 'static>(
+        self,
+        handler: H,
+    ) -> std::io::Result<RunningVcpu<H>> {
+        self.spawn_notifying(handler, None)
+    }
+
+    /// Like [`Vcpu::spawn`], raising `exited` (when given) once the vCPU
+    /// has stopped, so an event loop learns of it.
+    pub fn spawn_notifying<H: ExitHandler + Send + 'static>(
         mut self,
         mut handler: H,
+        exited: Option<Signal>,
     ) -> std::io::Result<RunningVcpu<H>> {
         install_kick_handler()?;
         let stop = self.stop.clone();
@@ -171,6 +194,11 @@ impl Vcpu {
             .name(format!("vcpu{}", self.index))
             .spawn(move || {
                 let result = self.run(&mut handler);
+                if let Some(exited) = exited {
+                    // An eventfd write fails only if its counter would
+                    // overflow, i.e. when it is already readable.
+                    let _ = vm_superio::Trigger::trigger(&exited);
+                }
                 (result, handler)
             })?;
         Ok(RunningVcpu { thread, stop })

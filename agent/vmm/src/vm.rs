@@ -3,6 +3,7 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch;
 use crate::memory::GuestRam;
@@ -41,6 +42,7 @@ pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
     ram: GuestRam,
+    irqchip: bool,
 }
 
 impl Vm {
@@ -68,7 +70,35 @@ impl Vm {
             unsafe { fd.set_user_memory_region(region) }
                 .map_err(refused("register guest memory"))?;
         }
-        Ok(Vm { kvm, fd, ram })
+        Ok(Vm {
+            kvm,
+            fd,
+            ram,
+            irqchip: false,
+        })
+    }
+
+    /// Creates the in-kernel interrupt controllers (and, on x86_64, the
+    /// PIT). Must come before the first vCPU. Without them the guest gets
+    /// no interrupts (enough for the tiny test payloads, which also rely on
+    /// HLT exiting to the VMM: with them, KVM handles HLT itself).
+    pub fn create_irqchip(&mut self) -> Result<(), VmError> {
+        arch::create_irqchip(&self.fd)?;
+        self.irqchip = true;
+        Ok(())
+    }
+
+    /// Whether [`Vm::create_irqchip`] was done.
+    pub fn has_irqchip(&self) -> bool {
+        self.irqchip
+    }
+
+    /// Lets `event` raise interrupt line `gsi` without a trip through the
+    /// VMM (KVM's irqfd): a device's interrupt signal.
+    pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .register_irqfd(event, gsi)
+            .map_err(refused("register an interrupt eventfd"))
     }
 
     /// The guest's RAM.
@@ -76,15 +106,15 @@ impl Vm {
         &self.ram
     }
 
-    /// Creates vCPU `index` with the architecture's per-vCPU setup (e.g.
-    /// the host's supported CPUID on x86_64); registers are set by the
-    /// boot code.
-    pub fn create_vcpu(&self, index: u8) -> Result<Vcpu, VmError> {
+    /// Creates vCPU `index` of `count` with the architecture's per-vCPU
+    /// setup (e.g. the host's supported CPUID, with this vCPU's APIC ID, on
+    /// x86_64); registers are set by the boot code.
+    pub fn create_vcpu(&self, index: u8, count: u8) -> Result<Vcpu, VmError> {
         let fd = self
             .fd
             .create_vcpu(u64::from(index))
             .map_err(refused("create a vCPU"))?;
-        arch::setup_vcpu(&self.kvm, &fd)?;
+        arch::setup_vcpu(&self.kvm, &fd, index, count)?;
         Ok(Vcpu::new(fd, index))
     }
 }

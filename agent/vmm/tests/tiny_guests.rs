@@ -6,6 +6,10 @@
 //! Skips, saying why, where /dev/kvm cannot be opened.
 #![cfg(target_arch = "x86_64")]
 
+#[macro_use]
+mod common;
+
+use common::{tiny_elf, Console};
 use mecvisor_vmm::arch::x86_64::regs::{setup_long_mode, setup_real_mode};
 use mecvisor_vmm::{ExitHandler, GuestRam, Stop, Vm};
 
@@ -13,26 +17,6 @@ use mecvisor_vmm::{ExitHandler, GuestRam, Stop, Vm};
 const COM1: u16 = 0x3f8;
 /// A port the test's handler treats as "stop the vCPU".
 const DONE_PORT: u16 = 0xf4;
-
-fn kvm_missing() -> Option<String> {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => None,
-        Err(e) => Some(format!("cannot open /dev/kvm: {e}")),
-    }
-}
-
-macro_rules! skip_without_kvm {
-    ($test:expr) => {
-        if let Some(why) = kvm_missing() {
-            eprintln!("SKIPPED {}: {why}", $test);
-            return;
-        }
-    };
-}
 
 /// Records what the guest did; answers port reads with `read_value`.
 #[derive(Default)]
@@ -85,7 +69,7 @@ fn real_mode_payload_does_port_io_and_mmio_then_halts() {
         0xf4,                         // hlt
     ];
     let vm = vm_with_code(64 * 1024, 0x1000, code);
-    let mut vcpu = vm.create_vcpu(0).expect("vCPU");
+    let mut vcpu = vm.create_vcpu(0, 1).expect("vCPU");
     setup_real_mode(&vcpu, 0x1000).expect("real mode");
     let mut guest = Recorder {
         read_value: 0x60,
@@ -121,7 +105,7 @@ fn long_mode_payload_runs_64_bit_code_with_paging_and_a_stack() {
         0xf4,                                                       // hlt
     ];
     let vm = vm_with_code(2 << 20, 0x1000, code);
-    let mut vcpu = vm.create_vcpu(0).expect("vCPU");
+    let mut vcpu = vm.create_vcpu(0, 1).expect("vCPU");
     setup_long_mode(&vcpu, vm.ram(), 0x1000).expect("long mode");
     let mut guest = Recorder::default();
     assert_eq!(vcpu.run(&mut guest).expect("run"), Stop::Halted);
@@ -143,7 +127,7 @@ fn a_fault_with_no_handler_shuts_the_guest_down() {
     skip_without_kvm!("a_fault_with_no_handler_shuts_the_guest_down");
     // ud2 with a null IDT: #UD, then #DF, then a triple fault.
     let vm = vm_with_code(2 << 20, 0x1000, &[0x0f, 0x0b]);
-    let mut vcpu = vm.create_vcpu(0).expect("vCPU");
+    let mut vcpu = vm.create_vcpu(0, 1).expect("vCPU");
     setup_long_mode(&vcpu, vm.ram(), 0x1000).expect("long mode");
     assert_eq!(
         vcpu.run(&mut Recorder::default()).expect("run"),
@@ -161,7 +145,7 @@ fn the_device_side_can_stop_the_vcpu() {
         0xeb, 0xfe,       // jmp $          (never reached again: the loop stops)
     ];
     let vm = vm_with_code(64 * 1024, 0x1000, code);
-    let mut vcpu = vm.create_vcpu(0).expect("vCPU");
+    let mut vcpu = vm.create_vcpu(0, 1).expect("vCPU");
     setup_real_mode(&vcpu, 0x1000).expect("real mode");
     let mut guest = Recorder::default();
     assert_eq!(vcpu.run(&mut guest).expect("run"), Stop::Requested);
@@ -172,23 +156,9 @@ fn the_device_side_can_stop_the_vcpu() {
 fn too_little_ram_for_a_long_mode_boot_is_refused() {
     skip_without_kvm!("too_little_ram_for_a_long_mode_boot_is_refused");
     let vm = vm_with_code(16 * 1024, 0x1000, &[0xf4]);
-    let vcpu = vm.create_vcpu(0).expect("vCPU");
+    let vcpu = vm.create_vcpu(0, 1).expect("vCPU");
     let err = setup_long_mode(&vcpu, vm.ram(), 0x1000).expect_err("too small");
     assert!(err.to_string().contains("too small"), "{err}");
-}
-
-/// The serial output, shared between the UART (writer) and the test.
-#[derive(Clone, Default)]
-struct Console(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("console").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[test]
@@ -217,7 +187,7 @@ fn a_guest_prints_on_com1_and_resets_through_the_i8042() {
         0xeb, 0xfe,       // jmp $
     ];
     let vm = vm_with_code(64 * 1024, 0x1000, code);
-    let mut vcpu = vm.create_vcpu(0).expect("vCPU");
+    let mut vcpu = vm.create_vcpu(0, 1).expect("vCPU");
     setup_real_mode(&vcpu, 0x1000).expect("real mode");
     let console = Console::default();
     let reset = Signal::new().expect("reset signal");
@@ -249,37 +219,6 @@ fn a_guest_prints_on_com1_and_resets_through_the_i8042() {
     assert!(reset.take(), "the reset eventfd fired");
 }
 
-/// An ELF64 executable (x86-64) whose single PT_LOAD segment holds `code`
-/// at physical and virtual `address`, entered there.
-fn tiny_elf(address: u64, code: &[u8]) -> Vec<u8> {
-    const SEGMENT_OFFSET: u64 = 0x1000;
-    let mut elf = Vec::new();
-    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]); // 64-bit, LE, v1, SysV
-    elf.extend_from_slice(&[0; 8]);
-    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
-    elf.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
-    elf.extend_from_slice(&address.to_le_bytes()); // e_entry
-    elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
-    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    elf.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
-    elf.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
-    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
-    elf.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
-    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    elf.extend_from_slice(&5u32.to_le_bytes()); // R + X
-    elf.extend_from_slice(&SEGMENT_OFFSET.to_le_bytes()); // p_offset
-    elf.extend_from_slice(&address.to_le_bytes()); // p_vaddr
-    elf.extend_from_slice(&address.to_le_bytes()); // p_paddr
-    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
-    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
-    elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    elf.resize(SEGMENT_OFFSET as usize, 0);
-    elf.extend_from_slice(code);
-    elf
-}
-
 #[test]
 fn an_elf_kernel_is_loaded_and_entered_with_the_zero_page_in_rsi() {
     use mecvisor_vmm::arch::x86_64::kernel::{load_kernel, KernelFormat};
@@ -309,7 +248,7 @@ fn an_elf_kernel_is_loaded_and_entered_with_the_zero_page_in_rsi() {
     assert_eq!(kernel.entry, 0x20_0000);
     write_zero_page(&ram, &kernel, "console=ttyS0 mecvisor", None).expect("zero page");
     let vm = Vm::new(ram).expect("VM");
-    let mut vcpu = vm.create_vcpu(0).expect("vCPU");
+    let mut vcpu = vm.create_vcpu(0, 1).expect("vCPU");
     setup_linux_boot(&vcpu, vm.ram(), kernel.entry).expect("boot state");
     let mut guest = Recorder::default();
     assert_eq!(vcpu.run(&mut guest).expect("run"), Stop::Halted);
@@ -367,7 +306,7 @@ fn a_spinning_vcpu_on_its_thread_is_stopped_on_request() {
     skip_without_kvm!("a_spinning_vcpu_on_its_thread_is_stopped_on_request");
     // jmp $: never exits to the VMM by itself.
     let vm = vm_with_code(2 << 20, 0x1000, &[0xeb, 0xfe]);
-    let vcpu = vm.create_vcpu(0).expect("vCPU");
+    let vcpu = vm.create_vcpu(0, 1).expect("vCPU");
     setup_long_mode(&vcpu, vm.ram(), 0x1000).expect("long mode");
     let running = vcpu.spawn(Recorder::default()).expect("spawn");
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -382,7 +321,7 @@ fn a_spinning_vcpu_on_its_thread_is_stopped_on_request() {
 fn a_vcpu_that_halted_by_itself_reports_the_halt_when_stopped() {
     skip_without_kvm!("a_vcpu_that_halted_by_itself_reports_the_halt_when_stopped");
     let vm = vm_with_code(64 * 1024, 0x1000, &[0xf4]);
-    let vcpu = vm.create_vcpu(0).expect("vCPU");
+    let vcpu = vm.create_vcpu(0, 1).expect("vCPU");
     setup_real_mode(&vcpu, 0x1000).expect("real mode");
     let running = vcpu.spawn(Recorder::default()).expect("spawn");
     let (result, _) = within_10s("the halt", move || running.join());

@@ -12,6 +12,8 @@ pub mod pio;
 pub mod serial;
 pub mod signal;
 
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use crate::vcpu::ExitHandler;
 use pio::PortBus;
 use signal::Signal;
@@ -53,5 +55,44 @@ impl ExitHandler for Devices {
 
     fn mmio_read(&mut self, _address: u64, data: &mut [u8]) {
         data.fill(0xff);
+    }
+}
+
+/// The devices shared by every vCPU thread of a guest: one access at a
+/// time, in the order the vCPUs make them.
+#[derive(Clone)]
+pub struct SharedDevices(Arc<Mutex<Devices>>);
+
+impl SharedDevices {
+    /// Shares `devices`.
+    pub fn new(devices: Devices) -> SharedDevices {
+        SharedDevices(Arc::new(Mutex::new(devices)))
+    }
+
+    /// Locks them. A vCPU thread that panicked while holding the lock left
+    /// them as they were; device state stays usable, so the lock is taken
+    /// anyway.
+    pub fn lock(&self) -> MutexGuard<'_, Devices> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl ExitHandler for SharedDevices {
+    fn port_write(&mut self, port: u16, data: &[u8]) -> bool {
+        self.lock().port_write(port, data)
+    }
+
+    fn port_read(&mut self, port: u16, data: &mut [u8]) {
+        self.lock().port_read(port, data)
+    }
+
+    fn mmio_write(&mut self, address: u64, data: &[u8]) -> bool {
+        self.lock().mmio_write(address, data)
+    }
+
+    fn mmio_read(&mut self, address: u64, data: &mut [u8]) {
+        self.lock().mmio_read(address, data)
     }
 }

@@ -2,11 +2,17 @@
 //! ([`regs`]) with the descriptor tables they need ([`gdt`]) at the
 //! addresses of [`layout`].
 
+pub mod boot;
+pub mod cpuid;
 pub mod gdt;
+pub mod interrupts;
 pub mod kernel;
 pub mod layout;
+pub mod msr;
 pub mod regs;
 pub mod zero_page;
+
+pub(crate) use interrupts::create_irqchip;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -24,11 +30,12 @@ pub(crate) fn setup_vm(vm: &VmFd) -> Result<(), VmError> {
 }
 
 /// Per-vCPU setup: the CPUID the host's KVM supports (without it the guest
-/// sees no CPU features at all).
-pub(crate) fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd) -> Result<(), VmError> {
-    let cpuid = kvm
+/// sees no CPU features at all), normalised for vCPU `index` of `count`.
+pub(crate) fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, index: u8, count: u8) -> Result<(), VmError> {
+    let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(refused("read the supported CPUID"))?;
+    cpuid::normalize(&mut cpuid, index, count);
     vcpu.set_cpuid2(&cpuid)
         .map_err(refused("set the vCPU's CPUID"))
 }

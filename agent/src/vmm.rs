@@ -1,0 +1,127 @@
+//! `edge-agent vmm`: one KVM guest in this process, on mecvisor's
+//! microVMM (`mecvisor-vmm`). The agent starts one per VM workload; people
+//! can run it by hand too. The guest's serial console goes to stdout or to
+//! a size-bounded log directory (`edge-agent logs` reads it).
+
+#[cfg(target_arch = "x86_64")]
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Guest memory when none is given.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+/// The command line when none is given: console on the first serial port,
+/// reboot through the i8042 (so a guest reboot ends the VMM), no PCI
+/// probing (the devices are not on PCI), i8042 probing cut short.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+
+/// What `edge-agent vmm` was asked to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VmmArgs {
+    /// Kernel image: a bzImage or an ELF vmlinux (x86_64), e.g. Debian's
+    /// /boot/vmlinuz-*-cloud-amd64 as shipped.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: PathBuf,
+    /// Initramfs (any format the kernel unpacks).
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line. The default puts the console on the serial
+    /// port and makes a guest reboot end this process.
+    #[arg(long, value_name = "TEXT", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB)]
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u8,
+    /// Write the serial console, one timestamped line per record, to
+    /// size-bounded rotating files in this directory instead of stdout.
+    #[arg(long, value_name = "DIR")]
+    pub console_log: Option<PathBuf>,
+}
+
+#[cfg(target_arch = "x86_64")]
+/// The console as a log: complete lines go to the rotating files, with the
+/// carriage returns of the guest's CRLF line ends dropped.
+struct ConsoleLog(containers::logs::LogWriter);
+
+#[cfg(target_arch = "x86_64")]
+impl Write for ConsoleLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text: Vec<u8> = buf.iter().copied().filter(|b| *b != b'\r').collect();
+        self.0.write(containers::logs::Stream::Stdout, &text)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs the guest to its end. Exit status: 0 when the guest rebooted, shut
+/// down or the process was told to stop (SIGTERM/SIGINT); 1 when the guest
+/// could not be started or a vCPU failed; 2 for an invalid configuration.
+#[cfg(target_arch = "x86_64")]
+pub fn main(args: VmmArgs) -> ExitCode {
+    use containers::logs::{LogLimits, LogWriter};
+
+    let config = mecvisor_vmm::MachineConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory_mib: args.memory_mib,
+        vcpus: args.vcpus,
+    };
+    if let Err(e) = config.validate() {
+        tracing::error!("{e}");
+        return ExitCode::from(2);
+    }
+    // Before any thread exists, so the vCPU threads inherit the mask.
+    let signals = match mecvisor_vmm::signals::TerminationSignals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot set up signal handling: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let booted = match args.console_log {
+        Some(dir) => match LogWriter::open(&dir, LogLimits::default()) {
+            Ok(log) => mecvisor_vmm::Machine::boot(&config, ConsoleLog(log)),
+            Err(e) => {
+                tracing::error!("cannot open the console log in {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => mecvisor_vmm::Machine::boot(&config, std::io::stdout()),
+    };
+    let machine = match booted {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match machine.run(signals) {
+        Ok(mecvisor_vmm::Ended::Failed(e)) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The microVMM runs on x86_64 hosts only so far: says so (exit status 2).
+#[cfg(not(target_arch = "x86_64"))]
+pub fn main(_args: VmmArgs) -> ExitCode {
+    tracing::error!(
+        "the microVMM does not run on {} yet (x86_64 only)",
+        std::env::consts::ARCH
+    );
+    ExitCode::from(2)
+}

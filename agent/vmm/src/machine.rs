@@ -1,0 +1,261 @@
+//! A whole guest: RAM, the VM with its interrupt controllers, the devices,
+//! the Linux kernel loaded, and the vCPU threads running; then the event
+//! loop until the guest ends or the process is told to stop.
+//!
+//! States, in order: [`MachineConfig`] (validated) -> [`Machine::boot`]
+//! (vCPUs running) -> [`Machine::run`] (returns how it [`Ended`]).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+
+use tracing::{info, info_span, warn};
+
+use crate::arch::x86_64::boot::{load_linux, start_boot_vcpu, LinuxBootError};
+use crate::arch::x86_64::interrupts::COM1_IRQ;
+use crate::devices::i8042::{KeyboardController, I8042_BASE, I8042_PORTS};
+use crate::devices::pio::{BusError, PortBus};
+use crate::devices::serial::{SerialPort, COM1_BASE, UART_PORTS};
+use crate::devices::signal::Signal;
+use crate::devices::{Devices, SharedDevices};
+use crate::event_loop::{self, EventLoopError, Wake};
+use crate::memory::{GuestRam, MemoryError};
+use crate::signals::TerminationSignals;
+use crate::vcpu::{RunningVcpu, Stop, VcpuError};
+use crate::vm::{Vm, VmError};
+
+/// Smallest guest RAM accepted: a distribution kernel and a small
+/// initramfs need this much to reach user space.
+pub const MIN_MEMORY_MIB: u32 = 64;
+/// Largest guest RAM accepted: RAM is one region from 0, which must end
+/// below the 32-bit MMIO hole at 3 GiB.
+pub const MAX_MEMORY_MIB: u32 = 3072;
+/// vCPUs supported: secondary vCPUs are announced to Linux through the
+/// ACPI MADT, which this VMM does not write yet.
+pub const MAX_VCPUS: u8 = 1;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// Kernel image (bzImage or ELF vmlinux).
+    pub kernel: PathBuf,
+    /// Initramfs, if any.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+}
+
+/// Why a guest could not be started or run.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// The configuration is invalid (nothing was started).
+    #[error("invalid VM configuration: {0}")]
+    Invalid(String),
+    /// A file named in the configuration cannot be opened.
+    #[error("cannot open {what} {path}: {source}")]
+    Open {
+        /// Which file ("kernel", "initramfs").
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Guest RAM could not be mapped.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// KVM refused a step.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The kernel, initramfs or boot state was refused.
+    #[error(transparent)]
+    Boot(#[from] LinuxBootError),
+    /// A device could not be placed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A thread, eventfd or signalfd could not be created.
+    #[error("{what}: {source}")]
+    Os {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The event loop failed.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+}
+
+/// How a guest ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The guest rebooted or powered off through the i8042 reset.
+    Reset,
+    /// The guest shut down (triple fault).
+    Shutdown,
+    /// The guest halted with no interrupt controller to wake it.
+    Halted,
+    /// The VMM got this termination signal and stopped the guest.
+    Terminated(i32),
+    /// A vCPU failed.
+    Failed(VcpuError),
+}
+
+impl MachineConfig {
+    /// Checks the configuration without touching anything.
+    pub fn validate(&self) -> Result<(), MachineError> {
+        let mut problems = Vec::new();
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            problems.push(format!(
+                "memory of {} MiB is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB",
+                self.memory_mib
+            ));
+        }
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            problems.push(format!(
+                "{} vCPUs requested; this VMM runs 1..={MAX_VCPUS}",
+                self.vcpus
+            ));
+        }
+        if !self.kernel.is_file() {
+            problems.push(format!(
+                "kernel {} is not a readable file",
+                self.kernel.display()
+            ));
+        }
+        if let Some(initrd) = self.initrd.as_ref().filter(|p| !p.is_file()) {
+            problems.push(format!(
+                "initramfs {} is not a readable file",
+                initrd.display()
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(MachineError::Invalid(problems.join("; ")))
+        }
+    }
+}
+
+/// A running guest.
+pub struct Machine {
+    // Kept alive while the vCPUs run: it owns guest RAM and the VM fd.
+    _vm: Vm,
+    devices: SharedDevices,
+    reset: Signal,
+    vcpu_exited: Signal,
+    vcpus: Vec<RunningVcpu<SharedDevices>>,
+}
+
+fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> MachineError {
+    move |source| MachineError::Os { what, source }
+}
+
+fn open(what: &'static str, path: &PathBuf) -> Result<File, MachineError> {
+    File::open(path).map_err(|source| MachineError::Open {
+        what,
+        path: path.clone(),
+        source,
+    })
+}
+
+impl Machine {
+    /// Validates `config`, builds the guest with its serial console
+    /// writing to `console`, and starts the vCPUs.
+    pub fn boot<W: Write + Send + 'static>(
+        config: &MachineConfig,
+        console: W,
+    ) -> Result<Machine, MachineError> {
+        let span =
+            info_span!("boot", kernel = %config.kernel.display(), memory_mib = config.memory_mib);
+        let _enter = span.enter();
+        config.validate()?;
+        let mut kernel = open("kernel", &config.kernel)?;
+        let mut initrd = match &config.initrd {
+            Some(path) => Some(open("initramfs", path)?),
+            None => None,
+        };
+        let ram = GuestRam::new(u64::from(config.memory_mib) << 20)?;
+        let mut vm = Vm::new(ram)?;
+        vm.create_irqchip()?;
+
+        let reset = Signal::new().map_err(os("create the reset signal"))?;
+        let serial_irq = Signal::new().map_err(os("create the serial interrupt"))?;
+        vm.register_irqfd(serial_irq.event(), COM1_IRQ)?;
+        let mut ports = PortBus::new();
+        ports.insert(
+            "COM1",
+            COM1_BASE,
+            UART_PORTS,
+            Box::new(SerialPort::new(serial_irq, console)),
+        )?;
+        ports.insert(
+            "i8042",
+            I8042_BASE,
+            I8042_PORTS,
+            Box::new(KeyboardController::new(reset.clone())),
+        )?;
+        let devices = SharedDevices::new(Devices::new(ports, reset.clone()));
+
+        let entry = load_linux(vm.ram(), &mut kernel, initrd.as_mut(), &config.cmdline)?;
+        info!(entry = format_args!("{entry:#x}"), "kernel loaded");
+        let vcpu_exited = Signal::new().map_err(os("create the vCPU exit signal"))?;
+        let mut vcpus = Vec::new();
+        for index in 0..config.vcpus {
+            let vcpu = vm.create_vcpu(index, config.vcpus)?;
+            if index == 0 {
+                start_boot_vcpu(&vcpu, vm.ram(), entry, vm.has_irqchip())?;
+            }
+            vcpus.push(
+                vcpu.spawn_notifying(devices.clone(), Some(vcpu_exited.clone()))
+                    .map_err(os("start a vCPU thread"))?,
+            );
+        }
+        info!(vcpus = config.vcpus, "guest started");
+        Ok(Machine {
+            _vm: vm,
+            devices,
+            reset,
+            vcpu_exited,
+            vcpus,
+        })
+    }
+
+    /// Runs the event loop until a vCPU stops (the guest ended) or a
+    /// termination signal arrives, then stops every vCPU and says how the
+    /// guest ended.
+    pub fn run(self, signals: TerminationSignals) -> Result<Ended, MachineError> {
+        let wake = event_loop::wait(self.vcpu_exited.clone(), signals)?;
+        let mut first_error = None;
+        let mut stops = Vec::new();
+        for vcpu in self.vcpus {
+            let (result, _) = vcpu.stop();
+            match result {
+                Ok(stop) => stops.push(stop),
+                Err(e) => {
+                    warn!(error = %e, "vCPU failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let ended = match wake {
+            Wake::Terminated(signal) => Ended::Terminated(signal),
+            Wake::VcpuStopped => match first_error {
+                Some(e) => Ended::Failed(e),
+                None if self.reset.is_raised() || self.devices.lock().reset_requested() => {
+                    Ended::Reset
+                }
+                None if stops.contains(&Stop::Shutdown) => Ended::Shutdown,
+                None => Ended::Halted,
+            },
+        };
+        info!(?ended, "guest ended");
+        Ok(ended)
+    }
+}

@@ -1,0 +1,127 @@
+//! A whole machine (`mecvisor_vmm::Machine`) on the host's real KVM, with
+//! the in-kernel interrupt controllers: a tiny ELF "kernel" the test
+//! assembles is loaded with an initramfs and command line, reads both
+//! through the zero page, prints on COM1 and reboots through the i8042,
+//! which ends the machine; a guest that spins forever is stopped by
+//! SIGTERM. Invalid configurations are refused before anything starts.
+//! Skips, saying why, where /dev/kvm cannot be opened.
+#![cfg(target_arch = "x86_64")]
+
+#[macro_use]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{tiny_elf, Console};
+use mecvisor_vmm::signals::TerminationSignals;
+use mecvisor_vmm::{Ended, Machine, MachineConfig, MachineError};
+
+fn config(kernel: PathBuf, initrd: Option<PathBuf>) -> MachineConfig {
+    MachineConfig {
+        kernel,
+        initrd,
+        cmdline: "mecvisor test".into(),
+        memory_mib: 64,
+        vcpus: 1,
+    }
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write a test file");
+    path
+}
+
+#[test]
+fn a_kernel_reads_its_cmdline_and_initramfs_prints_and_reboots() {
+    skip_without_kvm!("a_kernel_reads_its_cmdline_and_initramfs_prints_and_reboots");
+    // Prints the command line's first byte and the initramfs's first two
+    // bytes (found through the zero page in rsi), then resets the CPU.
+    #[rustfmt::skip]
+    let code: &[u8] = &[
+        0x66, 0xba, 0xf8, 0x03,             // mov dx, 0x3f8
+        0x8b, 0x86, 0x28, 0x02, 0x00, 0x00, // mov eax, [rsi + 0x228]  (hdr.cmd_line_ptr)
+        0x8a, 0x00,                         // mov al, [rax]
+        0xee,                               // out dx, al
+        0x8b, 0x9e, 0x18, 0x02, 0x00, 0x00, // mov ebx, [rsi + 0x218]  (hdr.ramdisk_image)
+        0x8a, 0x03,                         // mov al, [rbx]
+        0xee,                               // out dx, al
+        0x8a, 0x43, 0x01,                   // mov al, [rbx + 1]
+        0xee,                               // out dx, al
+        0xb0, 0xfe,                         // mov al, 0xfe
+        0xe6, 0x64,                         // out 0x64, al  (i8042: reset the CPU)
+        0xeb, 0xfe,                         // jmp $
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = write(dir.path(), "vmlinux", &tiny_elf(0x20_0000, code));
+    let initrd = write(dir.path(), "initrd", b"ZQ and the rest of an initramfs");
+    let console = Console::default();
+    let signals = TerminationSignals::block().expect("signalfd");
+    let machine = Machine::boot(&config(kernel, Some(initrd)), console.clone()).expect("boot");
+    let ended = machine.run(signals).expect("run");
+    assert!(matches!(ended, Ended::Reset), "{ended:?}");
+    assert_eq!(console.text(), "mZQ");
+}
+
+#[test]
+fn sigterm_stops_a_spinning_guest() {
+    skip_without_kvm!("sigterm_stops_a_spinning_guest");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = write(dir.path(), "vmlinux", &tiny_elf(0x20_0000, &[0xeb, 0xfe])); // jmp $
+    let signals = TerminationSignals::block().expect("signalfd");
+    let machine = Machine::boot(&config(kernel, None), Console::default()).expect("boot");
+    // SAFETY: raise() sends SIGTERM to this thread, which blocked it above:
+    // it waits in the signalfd instead of ending the test process.
+    assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+    let ended = machine.run(signals).expect("run");
+    assert!(
+        matches!(ended, Ended::Terminated(libc::SIGTERM)),
+        "{ended:?}"
+    );
+}
+
+#[test]
+fn invalid_configurations_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = write(dir.path(), "vmlinux", b"not looked at");
+    let cases = [
+        (
+            MachineConfig {
+                memory_mib: 16,
+                ..config(kernel.clone(), None)
+            },
+            "memory of 16 MiB",
+        ),
+        (
+            MachineConfig {
+                vcpus: 0,
+                ..config(kernel.clone(), None)
+            },
+            "0 vCPUs",
+        ),
+        (config(dir.path().join("missing"), None), "kernel"),
+        (
+            config(kernel.clone(), Some(dir.path().join("missing-initrd"))),
+            "initramfs",
+        ),
+    ];
+    for (bad, needle) in cases {
+        match bad.validate() {
+            Err(MachineError::Invalid(why)) => assert!(why.contains(needle), "{why}"),
+            other => panic!("{needle}: expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_initramfs_that_does_not_fit_is_refused() {
+    skip_without_kvm!("an_initramfs_that_does_not_fit_is_refused");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = write(dir.path(), "vmlinux", &tiny_elf(0x20_0000, &[0xf4]));
+    let initrd = write(dir.path(), "initrd", &vec![0u8; 65 << 20]);
+    let refused = Machine::boot(&config(kernel, Some(initrd)), Console::default());
+    match refused {
+        Err(e) => assert!(e.to_string().contains("does not fit"), "{e}"),
+        Ok(_) => panic!("a 65 MiB initramfs was accepted into 64 MiB of RAM"),
+    }
+}
