@@ -19,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
     let ram = GuestRam::new(8 << 20).expect("guest RAM");
     if let Ok(kernel) = load_kernel(&ram, &mut file) {
         assert!(kernel.end <= ram.size(), "loaded past guest RAM: {kernel:?}");
-        let _ = write_zero_page(&ram, &kernel, "console=ttyS0", None);
+        let _ = write_zero_page(&ram, &kernel, "console=ttyS0", None, None);
     }
 });

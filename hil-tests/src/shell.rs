@@ -4,10 +4,13 @@
 //! A request is `RUN <id> <base64 script>\n`. The box answers `@@ACK <id>@@`
 //! when it has read the request, then the script's combined output in
 //! base64, then `@@END <id> <status>@@`. A request that is not acknowledged
-//! within a few seconds (the server not up yet, the box rebooting) is sent
-//! again with a new id; an acknowledged one is never resent, so a script runs
-//! at most once. Lines before the acknowledgement (e.g. the tty echoing a
-//! request that arrived before the server turned echo off) are ignored.
+//! within a few seconds (the server not up yet, the box rebooting, or busy
+//! with a long script, during which it reads nothing) is sent again under
+//! the same id; the server runs a script once per id and answers a repeated
+//! id with the recorded output, so a script runs at most once however late
+//! the box reads the copies. Lines before the acknowledgement (e.g. the tty
+//! echoing a request that arrived before the server turned echo off, or the
+//! answers to stale copies) are ignored.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -51,8 +54,8 @@ enum AttemptError {
 pub fn run(socket: &Path, script: &str, timeout: Duration) -> Result<CommandOutput, String> {
     let deadline = Instant::now() + timeout;
     let mut last_error = String::from("no attempt made");
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     while Instant::now() < deadline {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         match attempt(socket, id, script, deadline) {
             Ok(output) => return Ok(output),
             Err(AttemptError::NotSeen(error)) => last_error = error,

@@ -2,9 +2,10 @@
 //! edge box (issue 6). This host's KVM cannot run Linux; the x86_64 box's
 //! KVM (nested SVM under QEMU) can. The guest image (`images/guest/`: the
 //! same Debian kernel and a marker-printing initramfs) comes in on the
-//! payload disk, and `edge-agent vmm` runs it with its serial console on
-//! stdout. The guest prints its boot marker and reboots; a reboot ends the
-//! VMM with status 0 (the i8042 reset).
+//! payload disk, and `edge-agent vmm` runs it with two vCPUs and its serial
+//! console on stdout. The guest finds both vCPUs (ACPI MADT), prints its
+//! markers and powers off through the ACPI sleep control register, which
+//! ends the VMM with status 0.
 
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ fn x86_64_box_boots_the_debian_kernel_on_the_microvmm() {
 
     let script = "timeout -s TERM 380 edge-agent vmm \
          --kernel /mnt/payload/vmlinuz --initrd /mnt/payload/initrd.img \
-         --memory-mib 128 \
+         --memory-mib 128 --vcpus 2 \
          --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off loglevel=4 \
          i8042.noaux i8042.nomux i8042.dumbkbd' > /tmp/vm.out 2>&1; \
          echo \"vmm-status=$?\"; tr -d '\\r' < /tmp/vm.out";
@@ -52,11 +53,15 @@ fn x86_64_box_boots_the_debian_kernel_on_the_microvmm() {
         .unwrap_or_else(|| panic!("the guest printed no boot marker:\n{out}"));
     assert!(booted.starts_with("x86_64 "), "{booted}");
     assert!(
+        out.contains("MECVISOR-GUEST-CPUS 2"),
+        "the guest did not bring up both vCPUs:\n{out}"
+    );
+    assert!(
         out.contains("MECVISOR-GUEST-DONE"),
         "the guest's init did not finish:\n{out}"
     );
     assert!(
-        out.contains("vmm-status=0") && out.contains("ended=Reset"),
-        "the guest's reboot did not end the VMM cleanly:\n{out}"
+        out.contains("vmm-status=0") && out.contains("ended=PowerOff"),
+        "the guest's power-off did not end the VMM cleanly:\n{out}"
     );
 }

@@ -11,15 +11,12 @@ use std::path::PathBuf;
 
 use tracing::{info, info_span, warn};
 
-use crate::arch::x86_64::boot::{load_linux, start_boot_vcpu, LinuxBootError};
-use crate::arch::x86_64::interrupts::COM1_IRQ;
-use crate::devices::i8042::{KeyboardController, I8042_BASE, I8042_PORTS};
-use crate::devices::pio::{BusError, PortBus};
-use crate::devices::serial::{SerialPort, COM1_BASE, UART_PORTS};
+use crate::arch::{self, LinuxBootError};
+use crate::devices::pio::BusError;
 use crate::devices::signal::Signal;
 use crate::devices::{Devices, SharedDevices};
 use crate::event_loop::{self, EventLoopError, Wake};
-use crate::memory::{GuestRam, MemoryError};
+use crate::memory::MemoryError;
 use crate::signals::TerminationSignals;
 use crate::vcpu::{RunningVcpu, Stop, VcpuError};
 use crate::vm::{Vm, VmError};
@@ -27,12 +24,7 @@ use crate::vm::{Vm, VmError};
 /// Smallest guest RAM accepted: a distribution kernel and a small
 /// initramfs need this much to reach user space.
 pub const MIN_MEMORY_MIB: u32 = 64;
-/// Largest guest RAM accepted: RAM is one region from 0, which must end
-/// below the 32-bit MMIO hole at 3 GiB.
-pub const MAX_MEMORY_MIB: u32 = 3072;
-/// vCPUs supported: secondary vCPUs are announced to Linux through the
-/// ACPI MADT, which this VMM does not write yet.
-pub const MAX_VCPUS: u8 = 1;
+pub use crate::arch::{MAX_MEMORY_MIB, MAX_VCPUS};
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,8 +87,11 @@ pub enum MachineError {
 /// How a guest ended.
 #[derive(Debug)]
 pub enum Ended {
-    /// The guest rebooted or powered off through the i8042 reset.
+    /// The guest rebooted (x86_64: the i8042 reset; aarch64: PSCI).
     Reset,
+    /// The guest powered off (x86_64: the ACPI sleep control register;
+    /// aarch64: PSCI).
+    PowerOff,
     /// The guest shut down (triple fault).
     Shutdown,
     /// The guest halted with no interrupt controller to wake it.
@@ -149,6 +144,7 @@ pub struct Machine {
     _vm: Vm,
     devices: SharedDevices,
     reset: Signal,
+    power_off: Signal,
     vcpu_exited: Signal,
     vcpus: Vec<RunningVcpu<SharedDevices>>,
 }
@@ -181,38 +177,30 @@ impl Machine {
             Some(path) => Some(open("initramfs", path)?),
             None => None,
         };
-        let ram = GuestRam::new(u64::from(config.memory_mib) << 20)?;
-        let mut vm = Vm::new(ram)?;
-        vm.create_irqchip()?;
-
+        let mut vm = Vm::new(arch::guest_ram(u64::from(config.memory_mib) << 20)?)?;
         let reset = Signal::new().map_err(os("create the reset signal"))?;
-        let serial_irq = Signal::new().map_err(os("create the serial interrupt"))?;
-        vm.register_irqfd(serial_irq.event(), COM1_IRQ)?;
-        let mut ports = PortBus::new();
-        ports.insert(
-            "COM1",
-            COM1_BASE,
-            UART_PORTS,
-            Box::new(SerialPort::new(serial_irq, console)),
-        )?;
-        ports.insert(
-            "i8042",
-            I8042_BASE,
-            I8042_PORTS,
-            Box::new(KeyboardController::new(reset.clone())),
-        )?;
-        let devices = SharedDevices::new(Devices::new(ports, reset.clone()));
+        let power_off = Signal::new().map_err(os("create the power-off signal"))?;
+        let platform = arch::platform(console, &reset, &power_off)?;
+        let mut devices = Devices::with_mmio(platform.ports, platform.mmio, reset.clone());
+        devices.stop_on(power_off.clone());
+        let devices = SharedDevices::new(devices);
 
-        let entry = load_linux(vm.ram(), &mut kernel, initrd.as_mut(), &config.cmdline)?;
-        info!(entry = format_args!("{entry:#x}"), "kernel loaded");
+        let vcpus = arch::boot_linux(
+            &mut vm,
+            config.vcpus,
+            &mut kernel,
+            initrd.as_mut(),
+            &config.cmdline,
+            &[],
+        )?;
+        for (signal, line) in &platform.interrupts {
+            vm.register_irqfd(signal.event(), *line)?;
+        }
+        info!("kernel loaded");
         let vcpu_exited = Signal::new().map_err(os("create the vCPU exit signal"))?;
-        let mut vcpus = Vec::new();
-        for index in 0..config.vcpus {
-            let vcpu = vm.create_vcpu(index, config.vcpus)?;
-            if index == 0 {
-                start_boot_vcpu(&vcpu, vm.ram(), entry, vm.has_irqchip())?;
-            }
-            vcpus.push(
+        let mut running = Vec::new();
+        for vcpu in vcpus {
+            running.push(
                 vcpu.spawn_notifying(devices.clone(), Some(vcpu_exited.clone()))
                     .map_err(os("start a vCPU thread"))?,
             );
@@ -222,8 +210,9 @@ impl Machine {
             _vm: vm,
             devices,
             reset,
+            power_off,
             vcpu_exited,
-            vcpus,
+            vcpus: running,
         })
     }
 
@@ -248,8 +237,14 @@ impl Machine {
             Wake::Terminated(signal) => Ended::Terminated(signal),
             Wake::VcpuStopped => match first_error {
                 Some(e) => Ended::Failed(e),
-                None if self.reset.is_raised() || self.devices.lock().reset_requested() => {
+                None if self.reset.is_raised()
+                    || self.devices.lock().reset_requested()
+                    || stops.contains(&Stop::Reset) =>
+                {
                     Ended::Reset
+                }
+                None if self.power_off.is_raised() || stops.contains(&Stop::PowerOff) => {
+                    Ended::PowerOff
                 }
                 None if stops.contains(&Stop::Shutdown) => Ended::Shutdown,
                 None => Ended::Halted,

@@ -1,5 +1,7 @@
 //! Guest RAM: anonymous memory mapped in the VMM process and handed to KVM
-//! as the guest's physical memory starting at address 0.
+//! as the guest's physical memory, one region starting at address 0 (x86_64)
+//! or at another page-aligned base (aarch64 puts RAM at 2 GiB, above its
+//! MMIO devices).
 
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestUsize,
@@ -11,6 +13,14 @@ pub enum MemoryError {
     /// The size is zero or not a multiple of the page size.
     #[error("guest memory of {0} bytes: must be a non-zero multiple of 4096")]
     BadSize(u64),
+    /// The base is not page-aligned, or base + size overflows.
+    #[error("guest memory at {base:#x} ({size} bytes): the base must be page-aligned and the end below 2^64")]
+    BadBase {
+        /// Requested guest-physical start.
+        base: u64,
+        /// Requested size.
+        size: u64,
+    },
     /// mmap of the guest RAM failed.
     #[error("cannot map {size} bytes of guest memory: {message}")]
     Map {
@@ -31,9 +41,11 @@ pub enum MemoryError {
     },
 }
 
-/// The guest's RAM: one region from guest-physical 0.
+/// The guest's RAM: one region from guest-physical `base` (0 unless made
+/// with [`GuestRam::new_at`]).
 pub struct GuestRam {
     memory: GuestMemoryMmap,
+    base: u64,
     size: u64,
 }
 
@@ -51,18 +63,38 @@ pub struct HostRegion {
 impl GuestRam {
     /// Maps `size` bytes of zeroed anonymous memory as guest RAM at 0.
     pub fn new(size: u64) -> Result<GuestRam, MemoryError> {
+        GuestRam::new_at(0, size)
+    }
+
+    /// Maps `size` bytes of zeroed anonymous memory as guest RAM at
+    /// guest-physical `base` (page-aligned).
+    pub fn new_at(base: u64, size: u64) -> Result<GuestRam, MemoryError> {
         if size == 0 || size & 0xfff != 0 {
             return Err(MemoryError::BadSize(size));
         }
+        if base & 0xfff != 0 || base.checked_add(size).is_none() {
+            return Err(MemoryError::BadBase { base, size });
+        }
         let length = usize::try_from(size).map_err(|_| MemoryError::BadSize(size))?;
         let memory =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), length)]).map_err(|e| {
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(base), length)]).map_err(|e| {
                 MemoryError::Map {
                     size,
                     message: e.to_string(),
                 }
             })?;
-        Ok(GuestRam { memory, size })
+        Ok(GuestRam { memory, base, size })
+    }
+
+    /// Guest-physical address of the first byte of RAM.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Guest-physical address just past the last byte of RAM (the size when
+    /// RAM starts at 0).
+    pub fn end(&self) -> u64 {
+        self.base + self.size
     }
 
     /// The vm-memory view (for loaders working on guest memory).
@@ -146,5 +178,28 @@ mod tests {
         let regions = ram.host_regions();
         assert_eq!(regions.len(), 1);
         assert_eq!((regions[0].guest_address, regions[0].size), (0, 64 * 1024));
+    }
+
+    #[test]
+    fn ram_can_start_above_zero() {
+        let base = 0x8000_0000;
+        let ram = GuestRam::new_at(base, 64 * 1024).expect("ram");
+        assert_eq!(
+            (ram.base(), ram.size(), ram.end()),
+            (base, 0x1_0000, base + 0x1_0000)
+        );
+        assert!(!ram.contains(0) && !ram.contains(base - 1));
+        assert!(ram.contains(base) && ram.contains(base + 0xffff));
+        ram.write_u64(base + 8, 7).expect("write at the base");
+        assert!(ram.write(0x10, &[1]).is_err(), "below the base");
+        assert_eq!(ram.host_regions()[0].guest_address, base);
+        assert!(matches!(
+            GuestRam::new_at(0x8000_0800, 4096),
+            Err(MemoryError::BadBase { .. })
+        ));
+        assert!(matches!(
+            GuestRam::new_at(u64::MAX - 0xfff, 0x2000),
+            Err(MemoryError::BadBase { .. })
+        ));
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -20,6 +21,13 @@ pub enum Stop {
     Halted,
     /// The guest shut down or triple-faulted.
     Shutdown,
+    /// The guest powered off through a KVM system event (PSCI SYSTEM_OFF
+    /// on aarch64; x86_64 powers off through the ACPI sleep control port
+    /// instead).
+    PowerOff,
+    /// The guest asked for a reset through a KVM system event (PSCI
+    /// SYSTEM_RESET on aarch64; x86_64 resets through the i8042 instead).
+    Reset,
     /// The handler asked to stop (e.g. the guest reset), or the VMM did.
     Requested,
 }
@@ -243,6 +251,8 @@ impl Vcpu {
                 VcpuExit::MmioRead(address, data) => handler.mmio_read(address, data),
                 VcpuExit::Hlt => return Ok(Stop::Halted),
                 VcpuExit::Shutdown => return Ok(Stop::Shutdown),
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => return Ok(Stop::PowerOff),
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => return Ok(Stop::Reset),
                 VcpuExit::FailEntry(reason, _) => {
                     return Err(VcpuError::FailEntry { index, reason })
                 }

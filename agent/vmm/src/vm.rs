@@ -42,7 +42,7 @@ pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
     ram: GuestRam,
-    irqchip: bool,
+    irqchip: Option<arch::Irqchip>,
 }
 
 impl Vm {
@@ -74,23 +74,41 @@ impl Vm {
             kvm,
             fd,
             ram,
-            irqchip: false,
+            irqchip: None,
         })
     }
 
-    /// Creates the in-kernel interrupt controllers (and, on x86_64, the
-    /// PIT). Must come before the first vCPU. Without them the guest gets
-    /// no interrupts (enough for the tiny test payloads, which also rely on
-    /// HLT exiting to the VMM: with them, KVM handles HLT itself).
+    /// Creates the in-kernel interrupt controllers (on x86_64 the PICs,
+    /// IOAPIC and PIT; on aarch64 the GIC). Must come before the first
+    /// vCPU, and [`Vm::finish_irqchip`] after the last. Without them the
+    /// guest gets no interrupts (enough for the tiny test payloads, which
+    /// also rely on HLT exiting to the VMM: with them, KVM handles HLT
+    /// itself).
     pub fn create_irqchip(&mut self) -> Result<(), VmError> {
-        arch::create_irqchip(&self.fd)?;
-        self.irqchip = true;
+        self.irqchip = Some(arch::create_irqchip(&self.fd)?);
         Ok(())
+    }
+
+    /// Completes the interrupt controllers once every vCPU exists (the
+    /// GIC's initialisation on aarch64; nothing on x86_64). No vCPU can be
+    /// created afterwards on aarch64.
+    pub fn finish_irqchip(&self) -> Result<(), VmError> {
+        match &self.irqchip {
+            Some(irqchip) => arch::finish_irqchip(irqchip),
+            None => Ok(()),
+        }
     }
 
     /// Whether [`Vm::create_irqchip`] was done.
     pub fn has_irqchip(&self) -> bool {
-        self.irqchip
+        self.irqchip.is_some()
+    }
+
+    /// The interrupt controllers, once created (the aarch64 boot describes
+    /// its GIC in the device tree).
+    #[cfg(target_arch = "aarch64")]
+    pub(crate) fn irqchip(&self) -> Option<&arch::Irqchip> {
+        self.irqchip.as_ref()
     }
 
     /// Lets `event` raise interrupt line `gsi` without a trip through the
@@ -108,13 +126,14 @@ impl Vm {
 
     /// Creates vCPU `index` of `count` with the architecture's per-vCPU
     /// setup (e.g. the host's supported CPUID, with this vCPU's APIC ID, on
-    /// x86_64); registers are set by the boot code.
+    /// x86_64; KVM_ARM_VCPU_INIT with PSCI on aarch64); registers are set
+    /// by the boot code.
     pub fn create_vcpu(&self, index: u8, count: u8) -> Result<Vcpu, VmError> {
         let fd = self
             .fd
             .create_vcpu(u64::from(index))
             .map_err(refused("create a vCPU"))?;
-        arch::setup_vcpu(&self.kvm, &fd, index, count)?;
+        arch::setup_vcpu(&self.kvm, &self.fd, &fd, index, count)?;
         Ok(Vcpu::new(fd, index))
     }
 }

@@ -35,8 +35,10 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 #[test]
 fn a_kernel_reads_its_cmdline_and_initramfs_prints_and_reboots() {
     skip_without_kvm!("a_kernel_reads_its_cmdline_and_initramfs_prints_and_reboots");
-    // Prints the command line's first byte and the initramfs's first two
-    // bytes (found through the zero page in rsi), then resets the CPU.
+    // Prints the command line's first byte, the initramfs's first two
+    // bytes and the ACPI root pointer's first byte (all found through the
+    // zero page in rsi), then resets the CPU. A second vCPU waits for an
+    // INIT/SIPI that never comes and is stopped with the machine.
     #[rustfmt::skip]
     let code: &[u8] = &[
         0x66, 0xba, 0xf8, 0x03,             // mov dx, 0x3f8
@@ -48,6 +50,9 @@ fn a_kernel_reads_its_cmdline_and_initramfs_prints_and_reboots() {
         0xee,                               // out dx, al
         0x8a, 0x43, 0x01,                   // mov al, [rbx + 1]
         0xee,                               // out dx, al
+        0x48, 0x8b, 0x5e, 0x70,             // mov rbx, [rsi + 0x70]  (acpi_rsdp_addr)
+        0x8a, 0x03,                         // mov al, [rbx]          ("RSD PTR ")
+        0xee,                               // out dx, al
         0xb0, 0xfe,                         // mov al, 0xfe
         0xe6, 0x64,                         // out 0x64, al  (i8042: reset the CPU)
         0xeb, 0xfe,                         // jmp $
@@ -57,10 +62,32 @@ fn a_kernel_reads_its_cmdline_and_initramfs_prints_and_reboots() {
     let initrd = write(dir.path(), "initrd", b"ZQ and the rest of an initramfs");
     let console = Console::default();
     let signals = TerminationSignals::block().expect("signalfd");
-    let machine = Machine::boot(&config(kernel, Some(initrd)), console.clone()).expect("boot");
+    let two_vcpus = MachineConfig {
+        vcpus: 2,
+        ..config(kernel, Some(initrd))
+    };
+    let machine = Machine::boot(&two_vcpus, console.clone()).expect("boot");
     let ended = machine.run(signals).expect("run");
     assert!(matches!(ended, Ended::Reset), "{ended:?}");
-    assert_eq!(console.text(), "mZQ");
+    assert_eq!(console.text(), "mZQR");
+}
+
+#[test]
+fn a_write_to_the_acpi_sleep_control_port_powers_off() {
+    skip_without_kvm!("a_write_to_the_acpi_sleep_control_port_powers_off");
+    #[rustfmt::skip]
+    let code: &[u8] = &[
+        0x66, 0xba, 0xc0, 0x03, // mov dx, 0x3c0   (the FADT's sleep control register)
+        0xb0, 0x34,             // mov al, 0x34    (SLP_EN | SLP_TYP 5, as in \_S5_)
+        0xee,                   // out dx, al
+        0xeb, 0xfe,             // jmp $
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = write(dir.path(), "vmlinux", &tiny_elf(0x20_0000, code));
+    let signals = TerminationSignals::block().expect("signalfd");
+    let machine = Machine::boot(&config(kernel, None), Console::default()).expect("boot");
+    let ended = machine.run(signals).expect("run");
+    assert!(matches!(ended, Ended::PowerOff), "{ended:?}");
 }
 
 #[test]

@@ -246,7 +246,7 @@ fn an_elf_kernel_is_loaded_and_entered_with_the_zero_page_in_rsi() {
         load_kernel(&ram, &mut std::fs::File::open(&path).expect("open")).expect("load the ELF");
     assert_eq!(kernel.format, KernelFormat::Elf { pvh_entry: None });
     assert_eq!(kernel.entry, 0x20_0000);
-    write_zero_page(&ram, &kernel, "console=ttyS0 mecvisor", None).expect("zero page");
+    write_zero_page(&ram, &kernel, "console=ttyS0 mecvisor", None, None).expect("zero page");
     let vm = Vm::new(ram).expect("VM");
     let mut vcpu = vm.create_vcpu(0, 1).expect("vCPU");
     setup_linux_boot(&vcpu, vm.ram(), kernel.entry).expect("boot state");

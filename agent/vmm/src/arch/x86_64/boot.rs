@@ -1,15 +1,36 @@
-//! Booting Linux on x86_64: the kernel, initramfs and command line into
-//! guest RAM (with the zero page describing them), then the boot vCPU's
-//! state: MSRs, local APIC wiring and the 64-bit boot protocol's registers.
+//! Booting Linux on x86_64 ([`boot_linux`]): the in-kernel interrupt
+//! controllers, the ACPI tables, the kernel, initramfs and command line in
+//! guest RAM (with the zero page describing them), then the vCPUs: MSRs,
+//! local APIC wiring, and the 64-bit boot protocol's registers on vCPU 0.
+//! Plus the board's devices ([`platform`]): COM1, the i8042 (reboot) and
+//! the ACPI sleep control port (power off).
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 
+use super::acpi::{self, AcpiError, S5_SLEEP_TYPE};
+use super::interrupts::COM1_IRQ;
 use super::kernel::{load_kernel, KernelError};
+use super::layout::SLEEP_CONTROL_PORT;
 use super::zero_page::{write_zero_page, Initrd, ZeroPageError};
 use super::{interrupts, msr, regs};
+use crate::devices::i8042::{KeyboardController, I8042_BASE, I8042_PORTS};
+use crate::devices::mmio::{MmioBus, MmioDeviceInfo};
+use crate::devices::pio::{BusError, PortBus};
+use crate::devices::power::SleepControl;
+use crate::devices::serial::{SerialPort, COM1_BASE, UART_PORTS};
+use crate::devices::signal::Signal;
+use crate::devices::Platform;
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::Vcpu;
+use crate::vm::{Vm, VmError};
+
+/// Largest guest RAM: one region from 0, which must end below the 32-bit
+/// MMIO hole at 3 GiB.
+pub const MAX_MEMORY_MIB: u32 = 3072;
+/// Most vCPUs per guest (each announced in the ACPI MADT; APIC IDs are the
+/// vCPU indices).
+pub const MAX_VCPUS: u8 = 32;
 
 /// Initramfs placement granularity.
 const PAGE_SIZE: u64 = 4096;
@@ -43,16 +64,99 @@ pub enum LinuxBootError {
     /// The boot vCPU's state could not be set.
     #[error(transparent)]
     Registers(#[from] regs::BootError),
+    /// The ACPI tables could not be written.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    /// KVM refused a step (interrupt controllers, vCPUs).
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A board device could not be placed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// An eventfd for a device could not be created.
+    #[error("device signal: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Guest RAM of `size` bytes from guest-physical 0.
+pub fn guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
+    GuestRam::new(size)
+}
+
+/// The board's devices: COM1 writing to `console` (interrupt on GSI 4),
+/// the i8042 raising `reset` on the guest's reset command, the ACPI sleep
+/// control port raising `power_off` when the guest enters S5.
+pub fn platform<W: Write + Send + 'static>(
+    console: W,
+    reset: &Signal,
+    power_off: &Signal,
+) -> Result<Platform, LinuxBootError> {
+    let serial_irq = Signal::new().map_err(LinuxBootError::Signal)?;
+    let mut ports = PortBus::new();
+    ports.insert(
+        "COM1",
+        COM1_BASE,
+        UART_PORTS,
+        Box::new(SerialPort::new(serial_irq.clone(), console)),
+    )?;
+    ports.insert(
+        "i8042",
+        I8042_BASE,
+        I8042_PORTS,
+        Box::new(KeyboardController::new(reset.clone())),
+    )?;
+    ports.insert(
+        "ACPI sleep control",
+        SLEEP_CONTROL_PORT,
+        1,
+        Box::new(SleepControl::new(S5_SLEEP_TYPE, power_off.clone())),
+    )?;
+    Ok(Platform {
+        ports,
+        mmio: MmioBus::new(),
+        interrupts: vec![(serial_irq, COM1_IRQ)],
+    })
+}
+
+/// Everything up to running: the interrupt controllers, the ACPI tables
+/// for `vcpus` vCPUs and the `virtio` devices, the kernel, initramfs and
+/// command line, and `vcpus` vCPUs (vCPU 0 at the kernel's entry, the
+/// others waiting for the guest's INIT/SIPI). Returns the vCPUs.
+pub fn boot_linux(
+    vm: &mut Vm,
+    vcpus: u8,
+    kernel: &mut File,
+    initrd: Option<&mut File>,
+    cmdline: &str,
+    virtio: &[MmioDeviceInfo],
+) -> Result<Vec<Vcpu>, LinuxBootError> {
+    vm.create_irqchip()?;
+    let rsdp = acpi::write_tables(vm.ram(), vcpus, virtio)?;
+    let entry = load_linux(vm.ram(), kernel, initrd, cmdline, Some(rsdp))?;
+    let created = (0..vcpus)
+        .map(|index| vm.create_vcpu(index, vcpus))
+        .collect::<Result<Vec<_>, _>>()?;
+    vm.finish_irqchip()?;
+    for vcpu in &created {
+        if vcpu.index() == 0 {
+            start_boot_vcpu(vcpu, vm.ram(), entry, vm.has_irqchip())?;
+        } else {
+            prepare_vcpu(vcpu, vm.has_irqchip())?;
+        }
+    }
+    Ok(created)
 }
 
 /// Loads `kernel`, the optional `initrd` (at the top of RAM, page-aligned,
-/// below the kernel's `initrd_addr_max`) and `cmdline`; returns the
-/// kernel's 64-bit entry point.
+/// below the kernel's `initrd_addr_max`) and `cmdline`, with the zero page
+/// naming the ACPI root pointer `acpi_rsdp` if given; returns the kernel's
+/// 64-bit entry point.
 pub fn load_linux(
     ram: &GuestRam,
     kernel: &mut File,
     initrd: Option<&mut File>,
     cmdline: &str,
+    acpi_rsdp: Option<u64>,
 ) -> Result<u64, LinuxBootError> {
     let loaded = load_kernel(ram, kernel)?;
     let initrd = match initrd {
@@ -79,23 +183,30 @@ pub fn load_linux(
             Some(Initrd { address, size })
         }
     };
-    write_zero_page(ram, &loaded, cmdline, initrd)?;
+    write_zero_page(ram, &loaded, cmdline, initrd, acpi_rsdp)?;
     Ok(loaded.entry)
 }
 
-/// Puts the boot vCPU at `entry` per the 64-bit boot protocol, with the
-/// MSRs Linux expects and, when the VM has an in-kernel irqchip, its local
-/// APIC's LINT0/LINT1 wired as firmware leaves them.
+/// Puts the boot vCPU at `entry` per the 64-bit boot protocol, after
+/// [`prepare_vcpu`].
 pub fn start_boot_vcpu(
     vcpu: &Vcpu,
     ram: &GuestRam,
     entry: u64,
     irqchip: bool,
 ) -> Result<(), LinuxBootError> {
+    prepare_vcpu(vcpu, irqchip)?;
+    regs::setup_linux_boot(vcpu, ram, entry)?;
+    Ok(())
+}
+
+/// What every vCPU gets: the MSRs Linux expects and, when the VM has an
+/// in-kernel irqchip, its local APIC's LINT0/LINT1 wired as firmware leaves
+/// them. A secondary vCPU then waits in KVM for the guest's INIT/SIPI.
+pub fn prepare_vcpu(vcpu: &Vcpu, irqchip: bool) -> Result<(), LinuxBootError> {
     msr::set_boot_msrs(vcpu).map_err(regs::BootError::from)?;
     if irqchip {
         interrupts::set_lint(vcpu).map_err(regs::BootError::from)?;
     }
-    regs::setup_linux_boot(vcpu, ram, entry)?;
     Ok(())
 }

@@ -35,3 +35,26 @@ pub const CMDLINE_MAX_BYTES: usize = 2048;
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// End of the usable RAM below 1 MiB (the EBDA and the BIOS area follow).
 pub const LOW_MEMORY_END: u64 = 0x9_fc00;
+
+/// The ACPI root pointer (RSDP), where Linux also scans for it; the other
+/// ACPI tables follow it, up to [`ACPI_TABLES_END`]. This range lies
+/// between the e820 RAM entries, so the guest never uses it as memory.
+pub const RSDP_ADDRESS: u64 = 0xe_0000;
+/// End of the ACPI tables' range.
+pub const ACPI_TABLES_END: u64 = 0xf_0000;
+/// The I/O APIC's registers (KVM's in-kernel IOAPIC sits here).
+pub const IOAPIC_ADDRESS: u32 = 0xfec0_0000;
+/// The local APICs' registers.
+pub const LAPIC_ADDRESS: u32 = 0xfee0_0000;
+/// I/O APIC inputs: GSIs 0..IOAPIC_PINS.
+pub const IOAPIC_PINS: u32 = 24;
+/// First virtio-mmio device window, in the 32-bit hole above RAM.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// Size of one virtio-mmio device window.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// GSI of the first virtio-mmio device (0-4 are the PIT, keyboard,
+/// cascade and COM2/COM1 lines); each further device takes the next one.
+pub const VIRTIO_FIRST_GSI: u32 = 5;
+/// The I/O port of the ACPI sleep control register (how a hardware-reduced
+/// ACPI guest powers off).
+pub const SLEEP_CONTROL_PORT: u16 = 0x3c0;

@@ -2,6 +2,7 @@
 //! ([`regs`]) with the descriptor tables they need ([`gdt`]) at the
 //! addresses of [`layout`].
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
@@ -12,7 +13,19 @@ pub mod msr;
 pub mod regs;
 pub mod zero_page;
 
-pub(crate) use interrupts::create_irqchip;
+/// Nothing to keep for the interrupt controllers: the PICs, IOAPIC and
+/// PIT need no handle.
+pub(crate) type Irqchip = ();
+
+/// The PICs, IOAPIC and PIT, before any vCPU.
+pub(crate) fn create_irqchip(vm: &VmFd) -> Result<Irqchip, VmError> {
+    interrupts::create_irqchip(vm)
+}
+
+/// Nothing to finish after the vCPUs on x86_64.
+pub(crate) fn finish_irqchip(_irqchip: &Irqchip) -> Result<(), VmError> {
+    Ok(())
+}
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -31,7 +44,13 @@ pub(crate) fn setup_vm(vm: &VmFd) -> Result<(), VmError> {
 
 /// Per-vCPU setup: the CPUID the host's KVM supports (without it the guest
 /// sees no CPU features at all), normalised for vCPU `index` of `count`.
-pub(crate) fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, index: u8, count: u8) -> Result<(), VmError> {
+pub(crate) fn setup_vcpu(
+    kvm: &Kvm,
+    _vm: &VmFd,
+    vcpu: &VcpuFd,
+    index: u8,
+    count: u8,
+) -> Result<(), VmError> {
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(refused("read the supported CPUID"))?;

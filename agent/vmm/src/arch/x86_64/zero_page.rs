@@ -55,12 +55,14 @@ pub struct Initrd {
     pub size: u64,
 }
 
-/// Writes `cmdline` and the zero page for `kernel` into `ram`.
+/// Writes `cmdline` and the zero page for `kernel` into `ram`, naming the
+/// ACPI root pointer `acpi_rsdp` when there are ACPI tables.
 pub fn write_zero_page(
     ram: &GuestRam,
     kernel: &LoadedKernel,
     cmdline: &str,
     initrd: Option<Initrd>,
+    acpi_rsdp: Option<u64>,
 ) -> Result<(), ZeroPageError> {
     if ram.size() <= HIGH_MEMORY_START {
         return Err(ZeroPageError::TooSmall(ram.size()));
@@ -111,6 +113,7 @@ pub fn write_zero_page(
         };
     }
     params.e820_entries = map.len() as u8;
+    params.acpi_rsdp_addr = acpi_rsdp.unwrap_or(0);
     ram.memory()
         .write_obj(params, GuestAddress(ZERO_PAGE_ADDRESS))
         .map_err(|e| MemoryError::Access {
