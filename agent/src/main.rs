@@ -86,7 +86,7 @@ enum Command {
     },
     /// Run one KVM guest in this process on mecvisor's microVMM until the
     /// guest reboots or powers off, or SIGTERM/SIGINT arrives (the agent
-    /// starts one per VM workload). x86_64 only so far.
+    /// starts one per VM workload).
     Vmm(#[command(flatten)] vmm::VmmArgs),
     /// Show the network slices this box holds, read from the kernel (not
     /// from the agent): state, traffic and drops per direction, and packets

@@ -3,7 +3,6 @@
 //! can run it by hand too. The guest's serial console goes to stdout or to
 //! a size-bounded log directory (`edge-agent logs` reads it).
 
-#[cfg(target_arch = "x86_64")]
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,8 +12,13 @@ pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// The command line when none is given: console on the first serial port,
 /// reboot through the i8042 (so a guest reboot ends the VMM), no PCI
 /// probing (the devices are not on PCI), i8042 probing cut short.
+#[cfg(target_arch = "x86_64")]
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+/// The command line when none is given: console on the serial port (a
+/// 16550A, so `ttyS0`); a panic reboots at once, which ends the VMM.
+#[cfg(not(target_arch = "x86_64"))]
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
 
 /// What `edge-agent vmm` was asked to run.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,12 +46,10 @@ pub struct VmmArgs {
     pub console_log: Option<PathBuf>,
 }
 
-#[cfg(target_arch = "x86_64")]
 /// The console as a log: complete lines go to the rotating files, with the
 /// carriage returns of the guest's CRLF line ends dropped.
 struct ConsoleLog(containers::logs::LogWriter);
 
-#[cfg(target_arch = "x86_64")]
 impl Write for ConsoleLog {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text: Vec<u8> = buf.iter().copied().filter(|b| *b != b'\r').collect();
@@ -63,7 +65,6 @@ impl Write for ConsoleLog {
 /// Runs the guest to its end. Exit status: 0 when the guest rebooted, shut
 /// down or the process was told to stop (SIGTERM/SIGINT); 1 when the guest
 /// could not be started or a vCPU failed; 2 for an invalid configuration.
-#[cfg(target_arch = "x86_64")]
 pub fn main(args: VmmArgs) -> ExitCode {
     use containers::logs::{LogLimits, LogWriter};
 
@@ -114,14 +115,4 @@ pub fn main(args: VmmArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The microVMM runs on x86_64 hosts only so far: says so (exit status 2).
-#[cfg(not(target_arch = "x86_64"))]
-pub fn main(_args: VmmArgs) -> ExitCode {
-    tracing::error!(
-        "the microVMM does not run on {} yet (x86_64 only)",
-        std::env::consts::ARCH
-    );
-    ExitCode::from(2)
 }
