@@ -12,6 +12,7 @@
 //! - [`logs`]: `edge-agent logs`, a workload's output.
 //! - [`slices`]: `edge-agent slices`, the kernel's view of the slices.
 //! - [`vmm`]: `edge-agent vmm`, one KVM guest on the microVMM.
+//! - [`vms`]: the VM runtime (one `edge-agent vmm` process per VM).
 //! - [`reconciler`]: the per-object state machine.
 //! - [`status`]: status socket and `edge-agent status`.
 //! - [`metrics`]: agent self-metrics.
@@ -32,3 +33,4 @@ pub mod slicing;
 pub mod status;
 pub mod store;
 pub mod vmm;
+pub mod vms;

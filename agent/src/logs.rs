@@ -1,17 +1,24 @@
 //! `edge-agent logs <workload>`: a container's stdout and stderr as its
-//! monitor wrote them (rotated files included, oldest first).
+//! monitor wrote them, or a VM's serial console as its VMM wrote it
+//! (rotated files included, oldest first).
 
 use std::path::Path;
 
-/// The last `tail` lines (all when `None`) of workload `name`'s logs under
-/// the agent's data directory.
-pub fn read(data_dir: &Path, name: &str, tail: Option<usize>) -> Result<Vec<String>, String> {
+/// The last `tail` lines (all when `None`) of workload `name`'s logs: a
+/// container's under `containers_dir`, else a VM's under `data_dir`.
+pub fn read(
+    containers_dir: &Path,
+    data_dir: &Path,
+    name: &str,
+    tail: Option<usize>,
+) -> Result<Vec<String>, String> {
     mecvisor_protocol::validate::check_name(name).map_err(|e| format!("workload {e}"))?;
-    let dir = containers::layout::ContainerDir::new(data_dir, name).logs();
-    if !dir.is_dir() {
+    let container = containers::layout::ContainerDir::new(containers_dir, name).logs();
+    let vm = crate::vms::process::VmDir::new(&data_dir.join("vms"), name).console();
+    let Some(dir) = [container, vm].into_iter().find(|d| d.is_dir()) else {
         return Err(format!(
-            "no logs for {name:?} on this box (not a container here, or not started yet)"
+            "no logs for {name:?} on this box (no such container or VM here, or not started yet)"
         ));
-    }
+    };
     containers::logs::read(&dir, tail).map_err(|e| format!("reading {}: {e}", dir.display()))
 }

@@ -46,10 +46,11 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum)]
         output: Option<Output>,
     },
-    /// Print a container workload's stdout and stderr (rotated files
-    /// included, oldest first), one line per record:
-    /// `<UTC time> <stdout|stderr|mecvisor> <text>`; `mecvisor` lines say
-    /// when it started and how it ended.
+    /// Print a container workload's stdout and stderr, or a VM's serial
+    /// console (rotated files included, oldest first), one line per record:
+    /// `<UTC time> <stdout|stderr|mecvisor> <text>` (a VM's console lines
+    /// are `stdout`); `mecvisor` lines say when a container started and how
+    /// it ended.
     Logs {
         /// The workload's name.
         workload: String,
@@ -215,7 +216,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match logs::read(&config.containers.state_dir, &workload, tail) {
+            match logs::read(
+                &config.containers.state_dir,
+                &config.data_dir,
+                &workload,
+                tail,
+            ) {
                 Ok(lines) => {
                     for line in lines {
                         println!("{line}");

@@ -2,10 +2,9 @@
 //! one [`Runtime`] per object kind (slice, container, vm) and an
 //! [`ArtifactStore`] that fetches images, kernels and disks.
 //!
-//! Network slicing ([`crate::slicing`], when the config enables it) and
+//! Network slicing ([`crate::slicing`], when the config enables it),
 //! containers ([`crate::containers`], unless switched off or the OCI
-//! runtime is missing) are here; the microVMM is later work, so VMs are
-//! reported `unsupported` and nothing pretends to run.
+//! runtime is missing) and VMs ([`crate::vms`], where /dev/kvm opens).
 
 use std::fmt;
 use std::future::Future;
@@ -193,8 +192,9 @@ pub struct Runtimes {
 
 impl Runtimes {
     /// What this agent has: network slicing when `slicing.enabled` (and
-    /// the kernel can be reached); containers and the content store unless
-    /// `containers.enabled = false` (or the OCI runtime is missing). A
+    /// the kernel can be reached); the content store; containers unless
+    /// `containers.enabled = false` (or the OCI runtime is missing); VMs
+    /// where /dev/kvm can be opened. A
     /// runtime that cannot start leaves its kind `unsupported` with the
     /// reason logged and reported. Must run on the agent's `LocalSet`.
     pub fn available(config: &crate::config::Config) -> Runtimes {
@@ -222,13 +222,47 @@ impl Runtimes {
                 "network slicing is off in this agent's config ([slicing] enabled = false)".into(),
             );
         }
-        runtimes.add_containers(config, slice_net);
+        let mut options = content_store::StoreOptions::at(&config.content.dir);
+        options.registries = config.content.registries.clone();
+        let store = match content_store::ContentStore::open(options) {
+            Ok(store) => std::sync::Arc::new(store),
+            Err(e) => {
+                tracing::error!(error = %e, "content store cannot open");
+                for kind in [ObjectKind::Container, ObjectKind::Vm] {
+                    runtimes
+                        .why_missing
+                        .insert(kind, format!("content store cannot open: {e}"));
+                }
+                return runtimes;
+            }
+        };
+        runtimes.artifacts = Some(Box::new(crate::containers::ContentArtifacts::new(
+            store.clone(),
+        )));
+        runtimes.add_containers(config, store.clone(), slice_net);
+        runtimes.add_vms(config, store);
         runtimes
+    }
+
+    fn add_vms(
+        &mut self,
+        config: &crate::config::Config,
+        store: std::sync::Arc<content_store::ContentStore>,
+    ) {
+        match crate::vms::VmRuntime::start(&config.data_dir, store, self.wake.clone()) {
+            Ok(runtime) => self.vm = Some(Box::new(runtime)),
+            Err(e) => {
+                tracing::info!(reason = %e, "VMs are reported unsupported");
+                self.why_missing
+                    .insert(ObjectKind::Vm, format!("no VMs on this box: {e}"));
+            }
+        }
     }
 
     fn add_containers(
         &mut self,
         config: &crate::config::Config,
+        store: std::sync::Arc<content_store::ContentStore>,
         slice_net: Option<crate::slicing::SharedSliceNet>,
     ) {
         if !config.containers.enabled {
@@ -239,22 +273,6 @@ impl Runtimes {
             );
             return;
         }
-        let mut options = content_store::StoreOptions::at(&config.content.dir);
-        options.registries = config.content.registries.clone();
-        let store = match content_store::ContentStore::open(options) {
-            Ok(store) => std::sync::Arc::new(store),
-            Err(e) => {
-                tracing::error!(error = %e, "content store cannot open");
-                self.why_missing.insert(
-                    ObjectKind::Container,
-                    format!("content store cannot open: {e}"),
-                );
-                return;
-            }
-        };
-        self.artifacts = Some(Box::new(crate::containers::ContentArtifacts::new(
-            store.clone(),
-        )));
         match crate::containers::ContainerRuntime::start(
             &config.containers,
             store,

@@ -40,10 +40,36 @@ pub struct VmmArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u8,
+    /// A raw disk image the guest sees as a virtio-blk device (`/dev/vda`,
+    /// then `/dev/vdb`, ... in the order given); `,ro` after the path offers
+    /// it read-only. Repeatable.
+    #[arg(long = "disk", value_name = "FILE[,ro]", value_parser = parse_disk)]
+    pub disks: Vec<mecvisor_vmm::machine::DiskConfig>,
+    /// When the VMM ends, write how (JSON: `ended` = power-off, reset,
+    /// shutdown, halted, terminated or failed, with `error` for a failure)
+    /// to this file, through a rename so it is never half written. The
+    /// agent's VM runtime reads it to apply the restart policy.
+    #[arg(long, value_name = "FILE")]
+    pub exit_record: Option<PathBuf>,
     /// Write the serial console, one timestamped line per record, to
     /// size-bounded rotating files in this directory instead of stdout.
     #[arg(long, value_name = "DIR")]
     pub console_log: Option<PathBuf>,
+}
+
+/// `FILE` or `FILE,ro`.
+fn parse_disk(text: &str) -> Result<mecvisor_vmm::machine::DiskConfig, String> {
+    let (path, read_only) = match text.strip_suffix(",ro") {
+        Some(path) => (path, true),
+        None => (text, false),
+    };
+    if path.is_empty() {
+        return Err("a disk needs a file path".into());
+    }
+    Ok(mecvisor_vmm::machine::DiskConfig {
+        path: PathBuf::from(path),
+        read_only,
+    })
 }
 
 /// The console as a log: complete lines go to the rotating files, with the
@@ -74,6 +100,7 @@ pub fn main(args: VmmArgs) -> ExitCode {
         cmdline: args.cmdline,
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
+        disks: args.disks,
     };
     if let Err(e) = config.validate() {
         tracing::error!("{e}");
@@ -87,7 +114,7 @@ pub fn main(args: VmmArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let booted = match args.console_log {
+    let booted = match args.console_log.clone() {
         Some(dir) => match LogWriter::open(&dir, LogLimits::default()) {
             Ok(log) => mecvisor_vmm::Machine::boot(&config, ConsoleLog(log)),
             Err(e) => {
@@ -104,15 +131,49 @@ pub fn main(args: VmmArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match machine.run(signals) {
+    let (record, code) = match machine.run(signals) {
         Ok(mecvisor_vmm::Ended::Failed(e)) => {
             tracing::error!("{e}");
-            ExitCode::FAILURE
+            (
+                exit_record("failed", Some(&e.to_string())),
+                ExitCode::FAILURE,
+            )
         }
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(ended) => (exit_record(ended_name(&ended), None), ExitCode::SUCCESS),
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::FAILURE
+            (
+                exit_record("failed", Some(&e.to_string())),
+                ExitCode::FAILURE,
+            )
         }
+    };
+    if let Some(path) = &args.exit_record {
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, record.to_string().as_bytes())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::error!("cannot write the exit record {}: {e}", path.display());
+        }
+    }
+    code
+}
+
+/// The exit record's name for how the guest ended.
+fn ended_name(ended: &mecvisor_vmm::Ended) -> &'static str {
+    match ended {
+        mecvisor_vmm::Ended::Reset => "reset",
+        mecvisor_vmm::Ended::PowerOff => "power-off",
+        mecvisor_vmm::Ended::Shutdown => "shutdown",
+        mecvisor_vmm::Ended::Halted => "halted",
+        mecvisor_vmm::Ended::Terminated(_) => "terminated",
+        mecvisor_vmm::Ended::Failed(_) => "failed",
+    }
+}
+
+fn exit_record(ended: &str, error: Option<&str>) -> serde_json::Value {
+    match error {
+        Some(error) => serde_json::json!({ "ended": ended, "error": error }),
+        None => serde_json::json!({ "ended": ended }),
     }
 }

@@ -3,15 +3,18 @@
 //! can (x86_64: nested SVM under QEMU; aarch64: QEMU's emulated EL2). The
 //! guest image (`images/guest/`: the same Debian kernel and a
 //! marker-printing initramfs) comes in on the payload disk, and `edge-agent
-//! vmm` runs it with two vCPUs and its serial console on stdout. The guest
-//! finds both vCPUs (x86_64: ACPI MADT; aarch64: device tree + PSCI),
-//! prints its markers and powers off (ACPI sleep control register; PSCI
+//! vmm` runs it with two vCPUs, a read-only virtio-blk disk the test wrote
+//! and its serial console on stdout. The guest finds both vCPUs and the
+//! disk (x86_64: ACPI MADT and DSDT; aarch64: device tree + PSCI), prints
+//! its markers and the digest of what it read, and powers off (ACPI sleep control register; PSCI
 //! SYSTEM_OFF), which ends the VMM with status 0.
 
+use std::io::Write;
 use std::time::Duration;
 
 use mecvisor_hil::images::BootImage;
 use mecvisor_hil::{missing_prerequisite, skip_if, Arch, Lab};
+use sha2::{Digest, Sha256};
 
 const BOOT: Duration = Duration::from_secs(300);
 /// The guest boots under KVM nested inside QEMU's emulation: slow.
@@ -41,6 +44,18 @@ fn boots_on_the_microvmm(arch: Arch, cmdline: &str) {
     let payload = tempfile::tempdir().expect("payload dir");
     std::fs::copy(&guest.kernel, payload.path().join("vmlinuz")).expect("copy the kernel");
     std::fs::copy(&guest.initramfs, payload.path().join("initrd.img")).expect("copy the initramfs");
+    // The guest prints the sha256 of its disk's first 4 KiB and its first line.
+    let first_line = format!("MECVISOR-TEST-DISK {} {}", arch.name(), std::process::id());
+    let mut head = vec![0u8; 4096];
+    head[..first_line.len()].copy_from_slice(first_line.as_bytes());
+    head[first_line.len()] = b'\n';
+    let mut disk = std::fs::File::create(payload.path().join("disk.img")).expect("disk");
+    disk.write_all(&head).expect("disk head");
+    disk.set_len(1 << 20).expect("disk size");
+    let digest: String = Sha256::digest(&head)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
 
     let mut lab = Lab::start().expect("lab network");
     let mut edge = lab
@@ -51,6 +66,7 @@ fn boots_on_the_microvmm(arch: Arch, cmdline: &str) {
     let script = format!(
         "timeout -s TERM 580 edge-agent vmm \
          --kernel /mnt/payload/vmlinuz --initrd /mnt/payload/initrd.img \
+         --disk /mnt/payload/disk.img,ro \
          --memory-mib 128 --vcpus 2 --cmdline '{cmdline}' > /tmp/vm.out 2>&1; \
          echo \"vmm-status=$?\"; tr -d '\\r' < /tmp/vm.out"
     );
@@ -67,6 +83,10 @@ fn boots_on_the_microvmm(arch: Arch, cmdline: &str) {
     assert!(
         out.contains("MECVISOR-GUEST-CPUS 2"),
         "the guest did not bring up both vCPUs:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("MECVISOR-GUEST-DISK {digest} {first_line}")),
+        "the guest did not read its virtio disk:\n{out}"
     );
     assert!(
         out.contains("MECVISOR-GUEST-DONE"),

@@ -13,11 +13,12 @@ use crate::bins::cargo;
 use crate::{shell, workspace_root};
 
 /// Every fuzz target, one per parser of untrusted bytes.
-const TARGETS: [&str; 4] = [
+const TARGETS: [&str; 5] = [
     "desired_envelope",
     "uplink_messages",
     "layer_unpack",
     "kernel_loader",
+    "virtio_blk",
 ];
 
 /// Options of `cargo xtask fuzz`.
@@ -61,6 +62,11 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
 fn write_seeds(fuzz_dir: &std::path::Path, target: &str) -> Result<()> {
     let seeds: Vec<(&str, Vec<u8>)> = match target {
         "kernel_loader" => vec![("seed-elf", seed_elf()), ("seed-bzimage", seed_bzimage())],
+        "virtio_blk" => vec![
+            ("seed-read", seed_virtio_blk(BLK_T_IN)),
+            ("seed-write", seed_virtio_blk(BLK_T_OUT)),
+            ("seed-flush", seed_virtio_blk(BLK_T_FLUSH)),
+        ],
         _ => return Ok(()),
     };
     let corpus = fuzz_dir.join("corpus").join(target);
@@ -108,4 +114,54 @@ fn seed_bzimage() -> Vec<u8> {
     image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
     image[0x211] = 0x01; // loadflags: LOADED_HIGH
     image
+}
+
+/// virtio-blk request types (VIRTIO 1.1, 5.2.6).
+const BLK_T_IN: u32 = 0;
+const BLK_T_OUT: u32 = 1;
+const BLK_T_FLUSH: u32 = 4;
+
+/// One well-formed request of `kind` in the virtio_blk target's input
+/// format (see fuzz/fuzz_targets/virtio_blk.rs): a queue of 4, the header
+/// at 0x3000, one sector of data at 0x3100 (none for a flush), the status
+/// byte at 0x3200, and the available ring naming descriptor 0.
+fn seed_virtio_blk(kind: u32) -> Vec<u8> {
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    let descriptor = |address: u64, len: u32, flags: u16, next: u16| {
+        let mut d = address.to_le_bytes().to_vec();
+        d.extend_from_slice(&len.to_le_bytes());
+        d.extend_from_slice(&flags.to_le_bytes());
+        d.extend_from_slice(&next.to_le_bytes());
+        d
+    };
+    let mut input = vec![2, 0, 0]; // queue size 2^2, writable image, no register writes
+    let table = match kind {
+        BLK_T_FLUSH => [
+            descriptor(0x3000, 16, NEXT, 1),
+            descriptor(0x3200, 1, WRITE, 0),
+            descriptor(0, 0, 0, 0),
+            descriptor(0, 0, 0, 0),
+        ],
+        _ => [
+            descriptor(0x3000, 16, NEXT, 1),
+            descriptor(
+                0x3100,
+                512,
+                NEXT | if kind == BLK_T_IN { WRITE } else { 0 },
+                2,
+            ),
+            descriptor(0x3200, 1, WRITE, 0),
+            descriptor(0, 0, 0, 0),
+        ],
+    };
+    input.extend(table.concat());
+    // Available ring: flags, idx = 1, ring = [0, 0, 0, 0].
+    input.extend_from_slice(&[0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let mut memory = vec![0u8; 0x201];
+    memory[..4].copy_from_slice(&kind.to_le_bytes());
+    memory[8..16].copy_from_slice(&1u64.to_le_bytes()); // sector 1
+    memory[0x100..0x200].fill(0x5a);
+    input.extend(memory);
+    input
 }

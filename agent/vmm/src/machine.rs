@@ -12,9 +12,13 @@ use std::path::PathBuf;
 use tracing::{info, info_span, warn};
 
 use crate::arch::{self, LinuxBootError};
+use crate::devices::mmio::{MmioBusError, MmioDeviceInfo};
 use crate::devices::pio::BusError;
 use crate::devices::signal::Signal;
-use crate::devices::{Devices, SharedDevices};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{MmioTransport, MmioTransportError};
+use crate::devices::virtio::Interrupt;
+use crate::devices::{Devices, Platform, SharedDevices};
 use crate::event_loop::{self, EventLoopError, Wake};
 use crate::memory::MemoryError;
 use crate::signals::TerminationSignals;
@@ -25,6 +29,16 @@ use crate::vm::{Vm, VmError};
 /// initramfs need this much to reach user space.
 pub const MIN_MEMORY_MIB: u32 = 64;
 pub use crate::arch::{MAX_MEMORY_MIB, MAX_VCPUS};
+
+/// A disk image the guest sees as a virtio-blk device (`/dev/vda`,
+/// `/dev/vdb`, ... in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Offer it read-only (and open it so).
+    pub read_only: bool,
+}
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +53,8 @@ pub struct MachineConfig {
     pub memory_mib: u32,
     /// Number of vCPUs.
     pub vcpus: u8,
+    /// Disks, in the order the guest sees them.
+    pub disks: Vec<DiskConfig>,
 }
 
 /// Why a guest could not be started or run.
@@ -70,6 +86,15 @@ pub enum MachineError {
     /// A device could not be placed.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A device could not be placed on the MMIO bus.
+    #[error(transparent)]
+    MmioBus(#[from] MmioBusError),
+    /// A disk image could not be opened.
+    #[error(transparent)]
+    Disk(#[from] BlockError),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Virtio(#[from] MmioTransportError),
     /// A thread, eventfd or signalfd could not be created.
     #[error("{what}: {source}")]
     Os {
@@ -124,6 +149,18 @@ impl MachineConfig {
                 self.kernel.display()
             ));
         }
+        if arch::virtio_mmio_slot(self.disks.len().saturating_sub(1)).is_none() {
+            problems.push(format!(
+                "{} disks: more than this machine has virtio-mmio slots for",
+                self.disks.len()
+            ));
+        }
+        for disk in self.disks.iter().filter(|d| !d.path.is_file()) {
+            problems.push(format!(
+                "disk {} is not a readable file",
+                disk.path.display()
+            ));
+        }
         if let Some(initrd) = self.initrd.as_ref().filter(|p| !p.is_file()) {
             problems.push(format!(
                 "initramfs {} is not a readable file",
@@ -161,6 +198,39 @@ fn open(what: &'static str, path: &PathBuf) -> Result<File, MachineError> {
     })
 }
 
+/// Puts a virtio-blk device per disk on the platform's MMIO bus, each in
+/// its slot with its interrupt line; returns how the guest is told about
+/// them.
+fn add_disks(
+    platform: &mut Platform,
+    vm: &Vm,
+    disks: &[DiskConfig],
+) -> Result<Vec<MmioDeviceInfo>, MachineError> {
+    let mut announced = Vec::new();
+    for (index, disk) in disks.iter().enumerate() {
+        let slot = arch::virtio_mmio_slot(index).ok_or_else(|| {
+            MachineError::Invalid(format!("no virtio-mmio slot for disk {index}"))
+        })?;
+        let block = Block::open(&disk.path, disk.read_only, &format!("mecvisor-disk{index}"))?;
+        let interrupt = Signal::new().map_err(os("create a disk interrupt"))?;
+        let transport = MmioTransport::new(
+            block,
+            vm.ram().memory().clone(),
+            Interrupt::new(interrupt.clone()),
+        )?;
+        platform.mmio.insert(
+            &format!("virtio-blk{index}"),
+            slot.base,
+            slot.size,
+            Box::new(transport),
+        )?;
+        platform.interrupts.push((interrupt, slot.irq));
+        info!(disk = %disk.path.display(), read_only = disk.read_only, base = format_args!("{:#x}", slot.base), irq = slot.irq, "disk attached");
+        announced.push(slot);
+    }
+    Ok(announced)
+}
+
 impl Machine {
     /// Validates `config`, builds the guest with its serial console
     /// writing to `console`, and starts the vCPUs.
@@ -180,7 +250,8 @@ impl Machine {
         let mut vm = Vm::new(arch::guest_ram(u64::from(config.memory_mib) << 20)?)?;
         let reset = Signal::new().map_err(os("create the reset signal"))?;
         let power_off = Signal::new().map_err(os("create the power-off signal"))?;
-        let platform = arch::platform(console, &reset, &power_off)?;
+        let mut platform = arch::platform(console, &reset, &power_off)?;
+        let virtio = add_disks(&mut platform, &vm, &config.disks)?;
         let mut devices = Devices::with_mmio(platform.ports, platform.mmio, reset.clone());
         devices.stop_on(power_off.clone());
         let devices = SharedDevices::new(devices);
@@ -191,7 +262,7 @@ impl Machine {
             &mut kernel,
             initrd.as_mut(),
             &config.cmdline,
-            &[],
+            &virtio,
         )?;
         for (signal, line) in &platform.interrupts {
             vm.register_irqfd(signal.event(), *line)?;

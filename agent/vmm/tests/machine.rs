@@ -13,6 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{tiny_elf, Console};
+use mecvisor_vmm::machine::DiskConfig;
 use mecvisor_vmm::signals::TerminationSignals;
 use mecvisor_vmm::{Ended, Machine, MachineConfig, MachineError};
 
@@ -23,6 +24,7 @@ fn config(kernel: PathBuf, initrd: Option<PathBuf>) -> MachineConfig {
         cmdline: "mecvisor test".into(),
         memory_mib: 64,
         vcpus: 1,
+        disks: Vec::new(),
     }
 }
 
@@ -131,6 +133,29 @@ fn invalid_configurations_are_refused_before_anything_starts() {
             config(kernel.clone(), Some(dir.path().join("missing-initrd"))),
             "initramfs",
         ),
+        (
+            MachineConfig {
+                disks: vec![DiskConfig {
+                    path: dir.path().join("missing-disk"),
+                    read_only: false,
+                }],
+                ..config(kernel.clone(), None)
+            },
+            "disk",
+        ),
+        (
+            MachineConfig {
+                disks: vec![
+                    DiskConfig {
+                        path: kernel.clone(),
+                        read_only: true,
+                    };
+                    100
+                ],
+                ..config(kernel.clone(), None)
+            },
+            "100 disks",
+        ),
     ];
     for (bad, needle) in cases {
         match bad.validate() {
@@ -151,4 +176,46 @@ fn an_initramfs_that_does_not_fit_is_refused() {
         Err(e) => assert!(e.to_string().contains("does not fit"), "{e}"),
         Ok(_) => panic!("a 65 MiB initramfs was accepted into 64 MiB of RAM"),
     }
+}
+
+#[test]
+fn a_disk_is_a_virtio_block_device_in_the_first_mmio_slot() {
+    skip_without_kvm!("a_disk_is_a_virtio_block_device_in_the_first_mmio_slot");
+    // Maps 0xd000_0000 (the first virtio-mmio window, above the boot
+    // identity map) with a 2 MiB page, prints the window's magic value and
+    // the device id, then resets.
+    #[rustfmt::skip]
+    let code: &[u8] = &[
+        0x48, 0xc7, 0x04, 0x25, 0x18, 0xa0, 0x00, 0x00, 0x03, 0xc0, 0x00, 0x00, // mov qword [0xa018], 0xc003  (PDPT[3] -> PD at 0xc000)
+        0x48, 0xb8, 0x83, 0x00, 0x00, 0xd0, 0x00, 0x00, 0x00, 0x00,             // mov rax, 0xd0000083         (2 MiB page, present, writable)
+        0x48, 0x89, 0x04, 0x25, 0x00, 0xc4, 0x00, 0x00,                         // mov [0xc400], rax           (PD[0x80])
+        0x48, 0xbb, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x00, 0x00, 0x00,             // mov rbx, 0xd0000000
+        0x66, 0xba, 0xf8, 0x03,                                                 // mov dx, 0x3f8
+        0x8b, 0x03,                                                             // mov eax, [rbx]      (MagicValue "virt")
+        0xee,                                                                   // out dx, al
+        0xc1, 0xe8, 0x08, 0xee,                                                 // shr eax, 8; out dx, al
+        0xc1, 0xe8, 0x08, 0xee,                                                 // shr eax, 8; out dx, al
+        0xc1, 0xe8, 0x08, 0xee,                                                 // shr eax, 8; out dx, al
+        0x8b, 0x43, 0x08,                                                       // mov eax, [rbx + 8]  (DeviceID)
+        0x04, 0x30,                                                             // add al, '0'
+        0xee,                                                                   // out dx, al
+        0xb0, 0xfe, 0xe6, 0x64,                                                 // mov al, 0xfe; out 0x64, al  (reset)
+        0xeb, 0xfe,                                                             // jmp $
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = write(dir.path(), "vmlinux", &tiny_elf(0x20_0000, code));
+    let disk = write(dir.path(), "disk.img", &[0u8; 4096]);
+    let with_disk = MachineConfig {
+        disks: vec![DiskConfig {
+            path: disk,
+            read_only: true,
+        }],
+        ..config(kernel, None)
+    };
+    let console = Console::default();
+    let signals = TerminationSignals::block().expect("signalfd");
+    let machine = Machine::boot(&with_disk, console.clone()).expect("boot");
+    let ended = machine.run(signals).expect("run");
+    assert!(matches!(ended, Ended::Reset), "{ended:?}");
+    assert_eq!(console.text(), "virt2");
 }

@@ -5,6 +5,7 @@
 //! (`setup_vm`, `setup_vcpu`, `create_irqchip` / `finish_irqchip` with its
 //! `Irqchip` handle, `instruction_pointer`) and, for [`crate::Machine`],
 //! its board: `guest_ram`, `platform` (the devices every guest gets),
+//! `virtio_mmio_slot` (where the n-th virtio-mmio device goes),
 //! `boot_linux` (interrupt controller, vCPUs, kernel, firmware tables),
 //! the limits `MAX_MEMORY_MIB` / `MAX_VCPUS` and its `LinuxBootError`.
 
@@ -12,7 +13,7 @@
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use self::x86_64::boot::{
-    boot_linux, guest_ram, platform, LinuxBootError, MAX_MEMORY_MIB, MAX_VCPUS,
+    boot_linux, guest_ram, platform, virtio_mmio_slot, LinuxBootError, MAX_MEMORY_MIB, MAX_VCPUS,
 };
 #[cfg(target_arch = "x86_64")]
 pub(crate) use self::x86_64::{
@@ -25,7 +26,7 @@ pub(crate) use self::x86_64::{
 pub mod aarch64;
 #[cfg(target_arch = "aarch64")]
 pub use self::aarch64::boot::{
-    boot_linux, guest_ram, platform, LinuxBootError, MAX_MEMORY_MIB, MAX_VCPUS,
+    boot_linux, guest_ram, platform, virtio_mmio_slot, LinuxBootError, MAX_MEMORY_MIB, MAX_VCPUS,
 };
 #[cfg(target_arch = "aarch64")]
 pub(crate) use self::aarch64::{

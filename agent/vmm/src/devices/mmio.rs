@@ -106,10 +106,14 @@ impl MmioBus {
         Ok(())
     }
 
-    fn slot(&mut self, address: u64) -> Option<(&mut Slot, u64)> {
+    /// The device whose range holds all of `address .. address + len`, and
+    /// the offset into it. An access straddling a range's end belongs to no
+    /// device.
+    fn slot(&mut self, address: u64, len: usize) -> Option<(&mut Slot, u64)> {
+        let last = address.checked_add((len as u64).saturating_sub(1))?;
         self.slots
             .iter_mut()
-            .find(|s| s.contains(address))
+            .find(|s| s.contains(address) && s.contains(last))
             .map(|s| {
                 let offset = address - s.base;
                 (s, offset)
@@ -118,7 +122,7 @@ impl MmioBus {
 
     /// A guest read at `address`.
     pub fn read(&mut self, address: u64, data: &mut [u8]) {
-        match self.slot(address) {
+        match self.slot(address, data.len()) {
             Some((slot, offset)) => slot.device.read(offset, data),
             None => data.fill(0xff),
         }
@@ -126,7 +130,7 @@ impl MmioBus {
 
     /// A guest write at `address`.
     pub fn write(&mut self, address: u64, data: &[u8]) {
-        if let Some((slot, offset)) = self.slot(address) {
+        if let Some((slot, offset)) = self.slot(address, data.len()) {
             slot.device.write(offset, data);
         }
     }
@@ -192,5 +196,20 @@ mod tests {
         let mut byte = [0u8];
         bus.read(u64::MAX, &mut byte);
         assert_eq!(byte, [0xff]);
+    }
+
+    #[test]
+    fn accesses_straddling_a_range_end_are_unclaimed() {
+        let seen: Seen = Arc::default();
+        let mut bus = MmioBus::new();
+        bus.insert("probe", 0x1000, 0x100, Box::new(Probe(seen.clone())))
+            .expect("insert");
+        let mut word = [0u8; 4];
+        bus.read(0x10fe, &mut word);
+        assert_eq!(word, [0xff; 4]);
+        bus.write(0x10fe, &[1, 2, 3, 4]);
+        bus.write(u64::MAX, &[1, 2]);
+        bus.read(u64::MAX - 1, &mut word);
+        assert!(seen.lock().expect("lock").is_empty());
     }
 }

@@ -5,6 +5,7 @@
 //! - [`serial`]: the 8250 UART (COM1 on x86, a 16550A on MMIO on aarch64)
 //!   whose output goes to a writer (the console log);
 //! - [`rtc_pl031`]: the PL031 RTC (aarch64);
+//! - [`virtio`]: virtio devices behind the virtio-mmio transport (block);
 //! - [`i8042`]: the keyboard controller, only for the guest's "reset CPU"
 //!   command (how Linux reboots on x86);
 //! - [`power`]: the ACPI sleep control port, how the guest powers off;
@@ -17,6 +18,7 @@ pub mod power;
 pub mod rtc_pl031;
 pub mod serial;
 pub mod signal;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -91,6 +91,17 @@ pub struct LoadedLinux {
     pub initrd: Option<(u64, u64)>,
 }
 
+/// Where virtio-mmio device `index` goes: its slot's window and SPI, or
+/// `None` past the last slot.
+pub fn virtio_mmio_slot(index: usize) -> Option<MmioDeviceInfo> {
+    let (base, irq) = super::layout::virtio_mmio_slot(u32::try_from(index).ok()?)?;
+    Some(MmioDeviceInfo {
+        base,
+        size: super::layout::VIRTIO_MMIO_SLOT_SIZE,
+        irq,
+    })
+}
+
 /// Guest RAM of `size` bytes at [`RAM_START`].
 pub fn guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
     GuestRam::new_at(RAM_START, size)

@@ -11,7 +11,9 @@ use std::io::{Read, Write};
 use super::acpi::{self, AcpiError, S5_SLEEP_TYPE};
 use super::interrupts::COM1_IRQ;
 use super::kernel::{load_kernel, KernelError};
-use super::layout::SLEEP_CONTROL_PORT;
+use super::layout::{
+    IOAPIC_PINS, SLEEP_CONTROL_PORT, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+};
 use super::zero_page::{write_zero_page, Initrd, ZeroPageError};
 use super::{interrupts, msr, regs};
 use crate::devices::i8042::{KeyboardController, I8042_BASE, I8042_PORTS};
@@ -76,6 +78,18 @@ pub enum LinuxBootError {
     /// An eventfd for a device could not be created.
     #[error("device signal: {0}")]
     Signal(#[source] std::io::Error),
+}
+
+/// Where virtio-mmio device `index` goes: its window above RAM and its
+/// own I/O APIC input (GSIs 5..=23, so 19 devices), or `None` past that.
+pub fn virtio_mmio_slot(index: usize) -> Option<MmioDeviceInfo> {
+    let index = u32::try_from(index).ok()?;
+    let irq = VIRTIO_FIRST_GSI.checked_add(index)?;
+    (irq < IOAPIC_PINS).then(|| MmioDeviceInfo {
+        base: VIRTIO_MMIO_START + u64::from(index) * VIRTIO_MMIO_SIZE,
+        size: VIRTIO_MMIO_SIZE,
+        irq,
+    })
 }
 
 /// Guest RAM of `size` bytes from guest-physical 0.

@@ -1,0 +1,387 @@
+//! The VM runtime of the agent: each VM workload runs in its own VMM
+//! process (`edge-agent vmm`, see [`process`]), started with the kernel,
+//! initramfs and disks the content store holds for the spec's digests.
+//! VMM processes outlive the agent: a restarted agent finds them by their
+//! pid records and adopts them. A watcher notices within a quarter second
+//! when a VMM exits and wakes the reconciler, which restarts the VM by its
+//! policy with backoff.
+
+pub mod process;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use content_store::ContentStore;
+use mecvisor_protocol::{VmSpec, WorkloadKind, WorkloadSpec};
+use nix::sys::signal::Signal;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::runtime::{ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
+use process::{Launch, Liveness, VmDir, VmmProcess};
+
+/// How often the watcher looks for exited VMMs.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a VMM may take to stop its guest after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Guest memory when the spec gives none.
+const DEFAULT_MEMORY_MIB: u32 = 256;
+
+/// A VMM this agent process started (its child, to be reaped) or adopted.
+struct Running {
+    process: VmmProcess,
+    child: Option<Child>,
+    exit_noticed: bool,
+}
+
+struct Inner {
+    store: Arc<ContentStore>,
+    root: PathBuf,
+    program: PathBuf,
+    wake: Rc<Notify>,
+    running: RefCell<BTreeMap<String, Running>>,
+}
+
+/// Runs VM workloads.
+pub struct VmRuntime {
+    inner: Rc<Inner>,
+}
+
+impl VmRuntime {
+    /// Checks /dev/kvm can be opened, prepares `<data_dir>/vms` and starts
+    /// the watcher (on the current `LocalSet`).
+    pub fn start(
+        data_dir: &Path,
+        store: Arc<ContentStore>,
+        wake: Rc<Notify>,
+    ) -> Result<VmRuntime, String> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
+        let program = std::env::current_exe()
+            .map_err(|e| format!("cannot find the agent's own executable: {e}"))?;
+        let root = data_dir.join("vms");
+        std::fs::create_dir_all(&root)
+            .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        info!(state = %root.display(), "VM runtime ready");
+        let inner = Rc::new(Inner {
+            store,
+            root,
+            program,
+            wake,
+            running: RefCell::new(BTreeMap::new()),
+        });
+        tokio::task::spawn_local(watch(Rc::downgrade(&inner)));
+        Ok(VmRuntime { inner })
+    }
+}
+
+/// Notices VMM exits (reaping its own children) until the runtime is
+/// dropped.
+async fn watch(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut wake = false;
+        for (name, running) in inner.running.borrow_mut().iter_mut() {
+            if let Some(child) = running.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    debug!(vm = %name, %status, "VMM process reaped");
+                    running.child = None;
+                }
+            }
+            if !running.exit_noticed && running.process.liveness() == Liveness::Exited {
+                running.exit_noticed = true;
+                info!(vm = %name, pid = running.process.pid, "VMM exited");
+                wake = true;
+            }
+        }
+        if wake {
+            inner.wake.notify_one();
+        }
+    }
+}
+
+fn vm_of(spec: &ObjectSpec) -> Result<(&WorkloadSpec, &VmSpec), RuntimeError> {
+    match spec {
+        ObjectSpec::Workload(w) => match &w.kind {
+            WorkloadKind::Vm(vm) => Ok((w, vm)),
+            WorkloadKind::Container(_) => Err(RuntimeError("not a VM".into())),
+        },
+        ObjectSpec::Slice(_) => Err(RuntimeError("not a VM".into())),
+    }
+}
+
+/// The local file of an artifact the reconciler made sure of.
+fn artifact_path(store: &ContentStore, reference: &str) -> Result<PathBuf, RuntimeError> {
+    let image = store
+        .resolve_local(reference)
+        .map_err(|e| RuntimeError(e.to_string()))?
+        .ok_or_else(|| RuntimeError(format!("{reference} is not in the content store")))?;
+    store
+        .artifact_file(&image)
+        .map_err(|e| RuntimeError(e.to_string()))
+}
+
+/// The `edge-agent vmm` arguments for `workload`: artifacts resolved to
+/// files, writable disks as private copies in the VM's directory (the
+/// store's blobs are never written).
+fn launch_args(
+    inner: &Inner,
+    dir: &VmDir,
+    workload: &WorkloadSpec,
+    vm: &VmSpec,
+) -> Result<Vec<String>, RuntimeError> {
+    let store = &inner.store;
+    let mut args = vec![
+        "--kernel".to_string(),
+        artifact_path(store, &vm.kernel)?.display().to_string(),
+    ];
+    if let Some(initrd) = &vm.initrd {
+        args.push("--initrd".into());
+        args.push(artifact_path(store, initrd)?.display().to_string());
+    }
+    for (index, disk) in vm.disks.iter().enumerate() {
+        let blob = artifact_path(store, &disk.image)?;
+        let path = if disk.read_only {
+            format!("{},ro", blob.display())
+        } else {
+            let copy = dir.path().join(format!("disk{index}.img"));
+            if !copy.exists() {
+                let tmp = copy.with_extension("tmp");
+                std::fs::copy(&blob, &tmp)
+                    .and_then(|_| std::fs::rename(&tmp, &copy))
+                    .map_err(|e| {
+                        RuntimeError(format!(
+                            "copying disk {} for {}: {e}",
+                            disk.image, workload.name
+                        ))
+                    })?;
+            }
+            copy.display().to_string()
+        };
+        args.push("--disk".into());
+        args.push(path);
+    }
+    if !vm.cmdline.is_empty() {
+        args.push("--cmdline".into());
+        args.push(vm.cmdline.clone());
+    }
+    let memory = match workload.resources.memory_mib {
+        0 => DEFAULT_MEMORY_MIB,
+        mib => mib,
+    };
+    args.extend([
+        "--memory-mib".to_string(),
+        memory.to_string(),
+        "--vcpus".to_string(),
+        vm.vcpus.to_string(),
+        "--console-log".to_string(),
+        dir.console().display().to_string(),
+        "--exit-record".to_string(),
+        dir.exit_file().display().to_string(),
+    ]);
+    Ok(args)
+}
+
+/// Stops a VMM: SIGTERM (it stops the guest and exits), SIGKILL after
+/// [`STOP_TIMEOUT`].
+async fn stop(process: VmmProcess, mut child: Option<Child>) {
+    process.signal(Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+    while process.liveness() == Liveness::Alive {
+        if let Some(child) = child.as_mut() {
+            let _ = child.try_wait();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(pid = process.pid, "VMM did not stop on SIGTERM; killing it");
+            process.signal(Signal::SIGKILL);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(mut child) = child {
+        let _ = child.wait();
+    }
+}
+
+/// How a VMM that is gone ended, from its exit record.
+fn ended(dir: &VmDir) -> Observed {
+    let record = std::fs::read(dir.exit_file())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    match record {
+        Some(record) => {
+            let how = record["ended"].as_str().unwrap_or("unknown").to_string();
+            Observed::Stopped {
+                success: how == "power-off",
+                message: match how.as_str() {
+                    "power-off" => "the guest powered off".to_string(),
+                    "reset" => "the guest rebooted".to_string(),
+                    other => format!(
+                        "the VMM ended: {other}{}",
+                        record["error"]
+                            .as_str()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ),
+                },
+            }
+        }
+        None => Observed::Stopped {
+            success: false,
+            message: "the VMM process died without an exit record (killed?)".into(),
+        },
+    }
+}
+
+impl Runtime for VmRuntime {
+    fn apply<'a>(&'a mut self, spec: &'a ObjectSpec) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let (workload, vm) = vm_of(spec)?;
+            let name = workload.name.as_str();
+            if let Some(slice) = &workload.slice {
+                return Err(RuntimeError(format!(
+                    "VM {name} joins slice {slice}, but VM network ports (virtio-net) are not supported yet"
+                )));
+            }
+            let dir = VmDir::new(&inner.root, name);
+            std::fs::create_dir_all(dir.path())
+                .map_err(|e| RuntimeError(format!("creating {}: {e}", dir.path().display())))?;
+            let fingerprint = hex_of(&spec.fingerprint());
+            let recorded =
+                VmmProcess::load(&dir.pid_file()).filter(|p| p.liveness() == Liveness::Alive);
+            let same_spec =
+                std::fs::read_to_string(dir.spec_file()).is_ok_and(|f| f.trim() == fingerprint);
+            if let Some(process) = recorded {
+                if same_spec {
+                    debug!(vm = name, pid = process.pid, "VMM already runs this spec");
+                    return Ok(());
+                }
+                info!(
+                    vm = name,
+                    pid = process.pid,
+                    "spec changed; stopping the old VMM"
+                );
+                let child = inner
+                    .running
+                    .borrow_mut()
+                    .remove(name)
+                    .and_then(|r| r.child);
+                stop(process, child).await;
+            }
+            let launch = Launch {
+                program: inner.program.clone(),
+                args: launch_args(inner, &dir, workload, vm)?,
+            };
+            let _ = std::fs::remove_file(dir.exit_file());
+            let (child, process) = process::spawn(&dir, &launch)
+                .map_err(|e| RuntimeError(format!("cannot start the VMM for {name}: {e}")))?;
+            process
+                .save(&dir.pid_file())
+                .and_then(|()| process::write_atomically(&dir.spec_file(), fingerprint.as_bytes()))
+                .map_err(|e| RuntimeError(format!("recording the VMM of {name}: {e}")))?;
+            info!(
+                vm = name,
+                pid = process.pid,
+                vcpus = vm.vcpus,
+                "VMM started"
+            );
+            inner.running.borrow_mut().insert(
+                name.to_string(),
+                Running {
+                    process,
+                    child: Some(child),
+                    exit_noticed: false,
+                },
+            );
+            Ok(())
+        })
+    }
+
+    fn remove<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let dir = VmDir::new(&inner.root, name);
+            let child = inner
+                .running
+                .borrow_mut()
+                .remove(name)
+                .and_then(|r| r.child);
+            if let Some(process) = VmmProcess::load(&dir.pid_file()) {
+                stop(process, child).await;
+            }
+            match std::fs::remove_dir_all(dir.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError(format!(
+                    "removing {}: {e}",
+                    dir.path().display()
+                ))),
+                _ => {
+                    info!(vm = name, "VM removed");
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn observe<'a>(&'a mut self, name: &'a str) -> RuntimeFuture<'a, Observed> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let dir = VmDir::new(&inner.root, name);
+            let Some(process) = VmmProcess::load(&dir.pid_file()) else {
+                return Ok(Observed::Missing);
+            };
+            if process.liveness() == Liveness::Alive {
+                inner
+                    .running
+                    .borrow_mut()
+                    .entry(name.to_string())
+                    .or_insert_with(|| {
+                        // Started by an earlier agent process: adopt it.
+                        info!(vm = name, pid = process.pid, "VM adopted as it runs");
+                        Running {
+                            process,
+                            child: None,
+                            exit_noticed: false,
+                        }
+                    });
+                return Ok(Observed::Running);
+            }
+            if let Some(mut running) = inner.running.borrow_mut().remove(name) {
+                if let Some(child) = running.child.as_mut() {
+                    let _ = child.wait();
+                }
+            }
+            Ok(ended(&dir))
+        })
+    }
+
+    fn present(&mut self) -> RuntimeFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let names = std::fs::read_dir(&self.inner.root)
+                .map_err(|e| RuntimeError(format!("listing {}: {e}", self.inner.root.display())))?
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.path().is_dir())
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .collect();
+            Ok(names)
+        })
+    }
+}
+
+/// The spec's CBOR as hex: what `spec` holds, compared whole.
+fn hex_of(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut hex = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
