@@ -45,6 +45,13 @@ pub struct VmmArgs {
     /// it read-only. Repeatable.
     #[arg(long = "disk", value_name = "FILE[,ro]", value_parser = parse_disk)]
     pub disks: Vec<mecvisor_vmm::machine::DiskConfig>,
+    /// A network interface the guest sees as a virtio-net device (`eth0`,
+    /// then `eth1`, ...), backed by a tap of this name that the VMM creates
+    /// (and that goes away with it); `,mac=02:..` sets the guest's MAC
+    /// (default: a locally administered address derived from the tap
+    /// name). Repeatable.
+    #[arg(long = "net", value_name = "TAP[,mac=MAC]", value_parser = parse_net)]
+    pub nets: Vec<mecvisor_vmm::machine::NetConfig>,
     /// When the VMM ends, write how (JSON: `ended` = power-off, reset,
     /// shutdown, halted, terminated or failed, with `error` for a failure)
     /// to this file, through a rename so it is never half written. The
@@ -70,6 +77,41 @@ fn parse_disk(text: &str) -> Result<mecvisor_vmm::machine::DiskConfig, String> {
         path: PathBuf::from(path),
         read_only,
     })
+}
+
+/// `TAP` or `TAP,mac=aa:bb:cc:dd:ee:ff`.
+fn parse_net(text: &str) -> Result<mecvisor_vmm::machine::NetConfig, String> {
+    let (tap, mac) = match text.split_once(",mac=") {
+        Some((tap, mac)) => (tap, parse_mac(mac)?),
+        None => (text, mac_for(text)),
+    };
+    if tap.is_empty() {
+        return Err("a network interface needs a tap name".into());
+    }
+    Ok(mecvisor_vmm::machine::NetConfig {
+        tap: tap.to_string(),
+        mac,
+    })
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+    <[u8; 6]>::try_from(bytes).map_err(|_| format!("{text:?} is not a MAC address (six bytes)"))
+}
+
+/// A locally administered unicast MAC (02:...) from the tap's name, so the
+/// same VM keeps its address across restarts.
+fn mac_for(tap: &str) -> [u8; 6] {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in tap.bytes() {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    let [a, b, c, d] = hash.to_be_bytes();
+    [0x02, 0x6d, a, b, c, d]
 }
 
 /// The console as a log: complete lines go to the rotating files, with the
@@ -101,6 +143,7 @@ pub fn main(args: VmmArgs) -> ExitCode {
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
         disks: args.disks,
+        nets: args.nets,
     };
     if let Err(e) = config.validate() {
         tracing::error!("{e}");

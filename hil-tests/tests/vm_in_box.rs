@@ -3,8 +3,9 @@
 //! can (x86_64: nested SVM under QEMU; aarch64: QEMU's emulated EL2). The
 //! guest image (`images/guest/`: the same Debian kernel and a
 //! marker-printing initramfs) comes in on the payload disk, and `edge-agent
-//! vmm` runs it with two vCPUs, a read-only virtio-blk disk the test wrote
-//! and its serial console on stdout. The guest finds both vCPUs and the
+//! vmm` runs it with two vCPUs, a read-only virtio-blk disk the test wrote,
+//! a virtio-net interface on a tap the box gives an address (and pings the
+//! guest through), and its serial console on stdout. The guest finds both vCPUs and the
 //! disk (x86_64: ACPI MADT and DSDT; aarch64: device tree + PSCI), prints
 //! its markers and the digest of what it read, and powers off (ACPI sleep control register; PSCI
 //! SYSTEM_OFF), which ends the VMM with status 0.
@@ -59,16 +60,30 @@ fn boots_on_the_microvmm(arch: Arch, cmdline: &str) {
 
     let mut lab = Lab::start().expect("lab network");
     let mut edge = lab
-        .boot_box_with_payload(arch, &format!("vmm-{}", arch.name()), Some(payload.path()))
+        .boot_box_with_payload(
+            arch,
+            &format!("vmm-{}", arch.name().replace('_', "-")),
+            Some(payload.path()),
+        )
         .expect("boot the box");
     edge.wait_ready(BOOT).unwrap_or_else(|e| panic!("{e}"));
 
+    // The VMM runs in the background; once its tap exists the box gives it
+    // an address, and once the guest says its NIC is up the box pings it
+    // (the guest lingers 60 s before powering off).
     let script = format!(
         "timeout -s TERM 580 edge-agent vmm \
          --kernel /mnt/payload/vmlinuz --initrd /mnt/payload/initrd.img \
-         --disk /mnt/payload/disk.img,ro \
-         --memory-mib 128 --vcpus 2 --cmdline '{cmdline}' > /tmp/vm.out 2>&1; \
-         echo \"vmm-status=$?\"; tr -d '\\r' < /tmp/vm.out"
+         --disk /mnt/payload/disk.img,ro --net mvt0 \
+         --memory-mib 128 --vcpus 2 \
+         --cmdline '{cmdline} mecvisor.ip=10.0.2.15/24 mecvisor.linger=60' \
+         > /tmp/vm.out 2>&1 & vmm=$!; \
+         for _ in $(seq 600); do ip link show mvt0 >/dev/null 2>&1 && break; sleep 0.2; done; \
+         ip addr add 10.0.2.1/24 dev mvt0 && ip link set mvt0 up; \
+         for _ in $(seq 1500); do grep -q MECVISOR-GUEST-DONE /tmp/vm.out && break; sleep 0.2; done; \
+         if ping -c 3 -W 5 10.0.2.15 >/tmp/ping.out 2>&1; then echo guest-answered-ping; \
+         else echo guest-did-not-answer; cat /tmp/ping.out; fi; \
+         wait $vmm; echo \"vmm-status=$?\"; tr -d '\\r' < /tmp/vm.out"
     );
     let run = edge
         .run(&script, GUEST_RUN)
@@ -87,6 +102,14 @@ fn boots_on_the_microvmm(arch: Arch, cmdline: &str) {
     assert!(
         out.contains(&format!("MECVISOR-GUEST-DISK {digest} {first_line}")),
         "the guest did not read its virtio disk:\n{out}"
+    );
+    assert!(
+        out.contains("MECVISOR-GUEST-NET eth0 10.0.2.15/24 up"),
+        "the guest did not bring its virtio NIC up:\n{out}"
+    );
+    assert!(
+        out.contains("guest-answered-ping"),
+        "the guest did not answer a ping over virtio-net:\n{out}"
     );
     assert!(
         out.contains("MECVISOR-GUEST-DONE"),

@@ -37,9 +37,9 @@ impl fmt::Display for Invalid {
 /// Longest object or device name.
 pub const MAX_NAME_LEN: usize = 63;
 /// Smallest guest memory a VM may ask for.
-pub const MIN_VM_MEMORY_MIB: u32 = 16;
+pub const MIN_VM_MEMORY_MIB: u32 = 64;
 /// Most vCPUs a VM may ask for.
-pub const MAX_VCPUS: u8 = 64;
+pub const MAX_VCPUS: u8 = 32;
 
 /// Checks a device or object name: 1..=63 of `a-z 0-9 -`, not starting or
 /// ending with `-`. Such names are safe in MQTT topics, file names and

@@ -191,6 +191,44 @@ fn launch_args(
     Ok(args)
 }
 
+/// Refuses what this box's VMM cannot run (memory, vCPUs, disk count),
+/// before any process starts, so a bad spec fails once with the reason
+/// instead of starting VMMs that exit at once.
+fn check_limits(workload: &WorkloadSpec, vm: &VmSpec) -> Result<(), RuntimeError> {
+    use mecvisor_vmm::machine::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+    let memory = match workload.resources.memory_mib {
+        0 => DEFAULT_MEMORY_MIB,
+        mib => mib,
+    };
+    let mut problems = Vec::new();
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory) {
+        problems.push(format!(
+            "memory of {memory} MiB is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB on this box"
+        ));
+    }
+    if !(1..=MAX_VCPUS).contains(&vm.vcpus) {
+        problems.push(format!(
+            "{} vCPUs: this box's VMM runs 1..={MAX_VCPUS}",
+            vm.vcpus
+        ));
+    }
+    if !vm.disks.is_empty() && mecvisor_vmm::arch::virtio_mmio_slot(vm.disks.len() - 1).is_none() {
+        problems.push(format!(
+            "{} disks: more than this box's VMM has slots for",
+            vm.disks.len()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RuntimeError(format!(
+            "VM {} cannot run here: {}",
+            workload.name,
+            problems.join("; ")
+        )))
+    }
+}
+
 /// Stops a VMM: SIGTERM (it stops the guest and exits), SIGKILL after
 /// [`STOP_TIMEOUT`].
 async fn stop(process: VmmProcess, mut child: Option<Child>) {
@@ -277,6 +315,7 @@ impl Runtime for VmRuntime {
                     .and_then(|r| r.child);
                 stop(process, child).await;
             }
+            check_limits(workload, vm)?;
             let launch = Launch {
                 program: inner.program.clone(),
                 args: launch_args(inner, &dir, workload, vm)?,
@@ -384,4 +423,89 @@ fn hex_of(bytes: &[u8]) -> String {
         let _ = write!(hex, "{byte:02x}");
     }
     hex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mecvisor_protocol::{DiskSpec, Resources, RestartPolicy};
+
+    fn workload(memory_mib: u32, vcpus: u8, disks: usize) -> (WorkloadSpec, VmSpec) {
+        let vm = VmSpec {
+            kernel: format!("guest@sha256:{}", "a".repeat(64)),
+            initrd: None,
+            disks: vec![
+                DiskSpec {
+                    image: format!("guest@sha256:{}", "b".repeat(64)),
+                    read_only: true,
+                };
+                disks
+            ],
+            cmdline: String::new(),
+            vcpus,
+        };
+        let workload = WorkloadSpec {
+            name: "guest1".into(),
+            kind: WorkloadKind::Vm(vm.clone()),
+            slice: None,
+            resources: Resources {
+                cpu_millis: 0,
+                memory_mib,
+            },
+            restart: RestartPolicy::OnFailure,
+            allow: Vec::new(),
+            port_qos: None,
+            address: None,
+        };
+        (workload, vm)
+    }
+
+    #[test]
+    fn limits_of_this_boxs_vmm_are_checked_before_anything_starts() {
+        let (w, vm) = workload(0, 1, 1);
+        assert!(check_limits(&w, &vm).is_ok(), "default memory, one disk");
+        for (memory, vcpus, disks, needle) in [
+            (32, 1, 0, "memory of 32 MiB"),
+            (1 << 20, 1, 0, "memory of"),
+            (128, 0, 0, "0 vCPUs"),
+            (128, 200, 0, "200 vCPUs"),
+            (128, 1, 40, "40 disks"),
+        ] {
+            let (w, vm) = workload(memory, vcpus, disks);
+            let refused = check_limits(&w, &vm).expect_err(needle);
+            assert!(refused.0.contains(needle), "{refused}");
+        }
+    }
+
+    #[test]
+    fn an_exit_record_decides_the_restart_policy() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = VmDir::new(root.path(), "guest1");
+        std::fs::create_dir_all(dir.path()).unwrap();
+        assert!(matches!(
+            ended(&dir),
+            Observed::Stopped { success: false, ref message } if message.contains("without an exit record")
+        ));
+        for (record, success, needle) in [
+            (r#"{"ended":"power-off"}"#, true, "powered off"),
+            (r#"{"ended":"reset"}"#, false, "rebooted"),
+            (
+                r#"{"ended":"failed","error":"vCPU 0: KVM internal error"}"#,
+                false,
+                "KVM internal error",
+            ),
+        ] {
+            std::fs::write(dir.exit_file(), record).unwrap();
+            match ended(&dir) {
+                Observed::Stopped {
+                    success: s,
+                    message,
+                } => {
+                    assert_eq!(s, success, "{record}");
+                    assert!(message.contains(needle), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

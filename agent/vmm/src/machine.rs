@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use tracing::{info, info_span, warn};
 
@@ -17,9 +18,11 @@ use crate::devices::pio::BusError;
 use crate::devices::signal::Signal;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioTransport, MmioTransportError};
+use crate::devices::virtio::net::tap::{Tap, TapError};
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::Interrupt;
 use crate::devices::{Devices, Platform, SharedDevices};
-use crate::event_loop::{self, EventLoopError, Wake};
+use crate::event_loop::{self, EventLoopError, NetReceiver, Wake};
 use crate::memory::MemoryError;
 use crate::signals::TerminationSignals;
 use crate::vcpu::{RunningVcpu, Stop, VcpuError};
@@ -40,6 +43,17 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
+/// A network interface the guest sees as a virtio-net device (`eth0`,
+/// `eth1`, ... in order), backed by a tap the VMM opens (and which goes
+/// away with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap's name (at most 15 characters of `A-Za-z0-9._-`).
+    pub tap: String,
+    /// The guest's MAC address (unicast, not all zero).
+    pub mac: [u8; 6],
+}
+
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineConfig {
@@ -55,6 +69,8 @@ pub struct MachineConfig {
     pub vcpus: u8,
     /// Disks, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces, in the order the guest sees them.
+    pub nets: Vec<NetConfig>,
 }
 
 /// Why a guest could not be started or run.
@@ -95,6 +111,12 @@ pub enum MachineError {
     /// A virtio device could not be set up.
     #[error(transparent)]
     Virtio(#[from] MmioTransportError),
+    /// A tap could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// A network device could not be made.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// A thread, eventfd or signalfd could not be created.
     #[error("{what}: {source}")]
     Os {
@@ -149,10 +171,12 @@ impl MachineConfig {
                 self.kernel.display()
             ));
         }
-        if arch::virtio_mmio_slot(self.disks.len().saturating_sub(1)).is_none() {
+        let devices = self.disks.len() + self.nets.len();
+        if arch::virtio_mmio_slot(devices.saturating_sub(1)).is_none() {
             problems.push(format!(
-                "{} disks: more than this machine has virtio-mmio slots for",
-                self.disks.len()
+                "{} disks and {} network interfaces: more than this machine has virtio-mmio slots for",
+                self.disks.len(),
+                self.nets.len()
             ));
         }
         for disk in self.disks.iter().filter(|d| !d.path.is_file()) {
@@ -184,6 +208,7 @@ pub struct Machine {
     power_off: Signal,
     vcpu_exited: Signal,
     vcpus: Vec<RunningVcpu<SharedDevices>>,
+    receivers: Vec<NetReceiver>,
 }
 
 fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> MachineError {
@@ -196,6 +221,42 @@ fn open(what: &'static str, path: &PathBuf) -> Result<File, MachineError> {
         path: path.clone(),
         source,
     })
+}
+
+/// Puts a virtio-net device per interface on the platform's MMIO bus, in
+/// the slots after `announced` (which it extends); returns their receive
+/// sides for the event loop.
+fn add_nets(
+    platform: &mut Platform,
+    vm: &Vm,
+    nets: &[NetConfig],
+    announced: &mut Vec<MmioDeviceInfo>,
+) -> Result<Vec<NetReceiver>, MachineError> {
+    let mut receivers = Vec::new();
+    for (index, net) in nets.iter().enumerate() {
+        let slot = arch::virtio_mmio_slot(announced.len()).ok_or_else(|| {
+            MachineError::Invalid(format!("no virtio-mmio slot for network interface {index}"))
+        })?;
+        let tap = Tap::open(&net.tap)?;
+        let device = Net::new(tap, net.mac)?;
+        let interrupt = Signal::new().map_err(os("create a network interrupt"))?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            vm.ram().memory().clone(),
+            Interrupt::new(interrupt.clone()),
+        )?));
+        platform.mmio.insert(
+            &format!("virtio-net{index}"),
+            slot.base,
+            slot.size,
+            Box::new(transport.clone()),
+        )?;
+        platform.interrupts.push((interrupt, slot.irq));
+        info!(tap = %net.tap, base = format_args!("{:#x}", slot.base), irq = slot.irq, "network interface attached");
+        receivers.push(NetReceiver::new(transport));
+        announced.push(slot);
+    }
+    Ok(receivers)
 }
 
 /// Puts a virtio-blk device per disk on the platform's MMIO bus, each in
@@ -251,7 +312,8 @@ impl Machine {
         let reset = Signal::new().map_err(os("create the reset signal"))?;
         let power_off = Signal::new().map_err(os("create the power-off signal"))?;
         let mut platform = arch::platform(console, &reset, &power_off)?;
-        let virtio = add_disks(&mut platform, &vm, &config.disks)?;
+        let mut virtio = add_disks(&mut platform, &vm, &config.disks)?;
+        let receivers = add_nets(&mut platform, &vm, &config.nets, &mut virtio)?;
         let mut devices = Devices::with_mmio(platform.ports, platform.mmio, reset.clone());
         devices.stop_on(power_off.clone());
         let devices = SharedDevices::new(devices);
@@ -284,6 +346,7 @@ impl Machine {
             power_off,
             vcpu_exited,
             vcpus: running,
+            receivers,
         })
     }
 
@@ -291,7 +354,7 @@ impl Machine {
     /// termination signal arrives, then stops every vCPU and says how the
     /// guest ended.
     pub fn run(self, signals: TerminationSignals) -> Result<Ended, MachineError> {
-        let wake = event_loop::wait(self.vcpu_exited.clone(), signals)?;
+        let wake = event_loop::wait(self.vcpu_exited.clone(), signals, self.receivers)?;
         let mut first_error = None;
         let mut stops = Vec::new();
         for vcpu in self.vcpus {

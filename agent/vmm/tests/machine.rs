@@ -25,6 +25,7 @@ fn config(kernel: PathBuf, initrd: Option<PathBuf>) -> MachineConfig {
         memory_mib: 64,
         vcpus: 1,
         disks: Vec::new(),
+        nets: Vec::new(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! architectures). Accesses no device claims read as all ones and writes
 //! are dropped, as for the port bus.
 
+use std::sync::{Arc, Mutex};
+
 /// Where a device sits on the MMIO bus and the interrupt line it raises,
 /// as the guest is told (x86_64: ACPI DSDT, the line a GSI; aarch64: the
 /// device tree, the line an SPI number).
@@ -22,6 +24,23 @@ pub trait MmioDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// The guest writes `data` at `offset`.
     fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// A device shared with another thread (e.g. a virtio-net transport the
+/// VMM's event loop also drives): each access locks it. A thread that
+/// panicked while holding the lock left it as it was; it is used anyway.
+impl<T: MmioDevice> MmioDevice for Arc<Mutex<T>> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .read(offset, data)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .write(offset, data)
+    }
 }
 
 /// Why a device could not be placed on the bus.

@@ -230,6 +230,27 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
+    /// Runs `work` on the device outside a register access (e.g. the
+    /// VMM's event loop receiving frames for a network device) if it is
+    /// live: activated and not needing a reset. An error makes it need a
+    /// reset, as one from a queue notification does. Returns what `work`
+    /// returned, or `None` if it did not run or failed.
+    pub fn run_live<T>(
+        &mut self,
+        work: impl FnOnce(&mut D) -> Result<T, DeviceError>,
+    ) -> Option<T> {
+        if !self.active || self.status & status::DEVICE_NEEDS_RESET != 0 {
+            return None;
+        }
+        match work(&mut self.device) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.needs_reset(&e);
+                None
+            }
+        }
+    }
+
     /// The interrupt it raises.
     pub fn interrupt(&self) -> &Interrupt {
         &self.interrupt

@@ -3,10 +3,12 @@
 //! ([`Interrupt`]).
 //! - [`mmio`]: the virtio-mmio transport (version 2), the registers the
 //!   guest's driver programs, wrapping one device model;
-//! - [`block`]: virtio-blk over a raw image file.
+//! - [`block`]: virtio-blk over a raw image file;
+//! - [`net`]: virtio-net over a Linux tap device.
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 mod testing;
 
@@ -70,7 +72,7 @@ pub enum DeviceError {
 
 /// What a virtio device model provides to its transport.
 pub trait VirtioDevice: Send {
-    /// The virtio device ID (2 for a block device).
+    /// The virtio device ID (1 for a network device, 2 for a block device).
     fn device_type(&self) -> u32;
     /// Feature bits the device offers (VIRTIO_F_VERSION_1 included).
     fn features(&self) -> u64;

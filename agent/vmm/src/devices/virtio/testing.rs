@@ -25,25 +25,43 @@ pub fn ram() -> GuestMemoryMmap {
     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_BYTES)]).expect("guest RAM")
 }
 
-/// A split virtqueue at [`DESC_TABLE`], [`AVAIL_RING`], [`USED_RING`].
+/// A split virtqueue at [`DESC_TABLE`], [`AVAIL_RING`], [`USED_RING`]
+/// (each moved by the same shift, for a device with several queues).
 pub struct Ring {
     memory: GuestMemoryMmap,
     pub size: u16,
     published: u16,
+    shift: u64,
 }
 
 impl Ring {
     /// Empty rings of `size` entries.
     pub fn new(memory: &GuestMemoryMmap, size: u16) -> Ring {
+        Ring::shifted(memory, size, 0)
+    }
+
+    /// Empty rings of `size` entries, `shift` bytes past the usual places.
+    pub fn shifted(memory: &GuestMemoryMmap, size: u16, shift: u64) -> Ring {
         let ring = Ring {
             memory: memory.clone(),
             size,
             published: 0,
+            shift,
         };
-        for base in [DESC_TABLE, AVAIL_RING, USED_RING] {
+        let (desc, avail, used) = ring.addresses();
+        for base in [desc, avail, used] {
             ring.put(base, &[0; 0x1_0000]);
         }
         ring
+    }
+
+    /// Where the descriptor table, the available and the used ring are.
+    pub fn addresses(&self) -> (u64, u64, u64) {
+        (
+            DESC_TABLE + self.shift,
+            AVAIL_RING + self.shift,
+            USED_RING + self.shift,
+        )
     }
 
     pub fn put(&self, address: u64, bytes: &[u8]) {
@@ -80,7 +98,7 @@ impl Ring {
 
     /// Writes descriptor `index` of the queue's table.
     pub fn descriptor(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.descriptor_at(DESC_TABLE, index, addr, len, flags, next);
+        self.descriptor_at(DESC_TABLE + self.shift, index, addr, len, flags, next);
     }
 
     /// Links `buffers` (address, length, device-writable) as descriptors
@@ -98,7 +116,7 @@ impl Ring {
     /// Makes the chain at `head` available.
     pub fn publish(&mut self, head: u16) {
         let slot = u64::from(self.published % self.size);
-        self.put(AVAIL_RING + 4 + 2 * slot, &head.to_le_bytes());
+        self.put(AVAIL_RING + self.shift + 4 + 2 * slot, &head.to_le_bytes());
         self.published = self.published.wrapping_add(1);
         self.set_avail_idx(self.published);
     }
@@ -110,18 +128,18 @@ impl Ring {
 
     /// Overwrites the available ring's index.
     pub fn set_avail_idx(&self, idx: u16) {
-        self.put(AVAIL_RING + 2, &idx.to_le_bytes());
+        self.put(AVAIL_RING + self.shift + 2, &idx.to_le_bytes());
     }
 
     /// The used ring's index.
     pub fn used_idx(&self) -> u16 {
-        let bytes = self.get(USED_RING + 2, 2);
+        let bytes = self.get(USED_RING + self.shift + 2, 2);
         u16::from_le_bytes([bytes[0], bytes[1]])
     }
 
     /// Used element `i`: (descriptor head, length).
     pub fn used(&self, i: u16) -> (u32, u32) {
-        let bytes = self.get(USED_RING + 4 + 8 * u64::from(i % self.size), 8);
+        let bytes = self.get(USED_RING + self.shift + 4 + 8 * u64::from(i % self.size), 8);
         let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         (word(0), word(4))
     }

@@ -1,0 +1,245 @@
+//! A VM workload end to end in the emulated edge boxes (issue 6, must-show
+//! 2 and 3, without the network part): the guest image's kernel, initramfs
+//! and a disk come in on the payload disk as OCI artifacts (an OCI image
+//! layout the test writes) and are imported with `edge-agent import`; a
+//! manifest applied with fleetctl runs them as a VM. Then:
+//! - `fleetctl describe` shows the VM running, and `edge-agent logs <vm>`
+//!   shows the guest's boot marker and what it read from its disk;
+//! - the VMM process is killed with SIGKILL: on-failure restarts the VM
+//!   (restarts goes up by one, the guest boots again);
+//! - the agent is killed with SIGKILL (init starts it again): the VM keeps
+//!   its VMM process, adopted.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mecvisor_e2e::wait_until;
+use mecvisor_hil::images::BootImage;
+use mecvisor_hil::{missing_prerequisite, skip_if, Arch, EdgeBox, Lab};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const BOOT: Duration = Duration::from_secs(300);
+/// Up to running, including the guest's boot under nested KVM.
+const CONVERGE: Duration = Duration::from_secs(300);
+
+#[test]
+fn x86_64_box_runs_a_vm_workload() {
+    vm_workload(
+        Arch::X86_64,
+        "console=ttyS0 reboot=k panic=-1 pci=off loglevel=4 i8042.noaux i8042.nomux \
+         i8042.dumbkbd mecvisor.stay=1",
+    );
+}
+
+#[test]
+fn aarch64_box_runs_a_vm_workload() {
+    vm_workload(
+        Arch::Aarch64,
+        "console=ttyS0 panic=-1 loglevel=4 mecvisor.stay=1",
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes `bytes` as a blob of the layout at `dir`; returns its descriptor.
+fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> Value {
+    let hex = sha256_hex(bytes);
+    std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).expect("write blob");
+    json!({ "mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len() })
+}
+
+/// An OCI image layout at `dir` holding one single-layer artifact per
+/// `(tag, file)`, tagged as given.
+fn artifact_layout(dir: &Path, files: &[(&str, &Path)]) {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("oci-layout");
+    let config = blob(dir, "application/vnd.oci.empty.v1+json", b"{}");
+    let mut manifests = Vec::new();
+    for (tag, file) in files {
+        let bytes = std::fs::read(file).expect("read artifact file");
+        let layer = blob(dir, "application/octet-stream", &bytes);
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": format!("application/vnd.mecvisor.{tag}"),
+            "config": config,
+            "layers": [layer],
+        });
+        let mut descriptor = blob(
+            dir,
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest.to_string().as_bytes(),
+        );
+        descriptor["annotations"] = json!({ "org.opencontainers.image.ref.name": tag });
+        manifests.push(descriptor);
+    }
+    let index = json!({ "schemaVersion": 2, "manifests": manifests });
+    std::fs::write(dir.join("index.json"), index.to_string()).expect("index.json");
+}
+
+fn object<'a>(describe: &'a Value, name: &str) -> Option<&'a Value> {
+    describe["objects"]
+        .as_array()?
+        .iter()
+        .find(|o| o["name"] == name)
+}
+
+/// The pid of VM `name`'s VMM, from its record.
+fn vmm_pid(edge: &EdgeBox, name: &str) -> Option<i64> {
+    edge.sh(&format!(
+        "cat /var/lib/mecvisor/agent/vms/{name}/vmm.pid 2>/dev/null; true"
+    ))
+    .split_whitespace()
+    .next()?
+    .parse()
+    .ok()
+}
+
+fn vm_workload(arch: Arch, cmdline: &str) {
+    let test = format!("{} VM workload in a box", arch.name());
+    let guest = BootImage::load(arch, "guest");
+    let missing = missing_prerequisite(&[arch]).or_else(|| guest.as_ref().err().cloned());
+    if skip_if(&test, missing) {
+        return;
+    }
+    let guest = guest.expect("checked above");
+    let payload = tempfile::tempdir().expect("payload dir");
+    let first_line = format!("MECVISOR-TEST-DISK {} workload", arch.name());
+    let mut head = vec![0u8; 4096];
+    head[..first_line.len()].copy_from_slice(first_line.as_bytes());
+    head[first_line.len()] = b'\n';
+    let disk = payload.path().join("disk.img");
+    std::fs::write(&disk, &head).expect("disk");
+    artifact_layout(
+        &payload.path().join("guest"),
+        &[
+            ("kernel", &guest.kernel),
+            ("initrd", &guest.initramfs),
+            ("disk", &disk),
+        ],
+    );
+
+    let device = format!("vmw-{}", arch.name().replace('_', "-"));
+    let mut lab = Lab::start().expect("lab network");
+    let mut edge = lab
+        .boot_box_with_payload(arch, &device, Some(payload.path()))
+        .expect("boot the box");
+    edge.wait_ready(BOOT).unwrap_or_else(|e| panic!("{e}"));
+
+    // Air-gapped import; the names it prints map tags to digests.
+    let imported = edge.sh("edge-agent import /mnt/payload/guest --name guest");
+    let reference = |tag: &str| -> String {
+        imported
+            .lines()
+            .find_map(|l| {
+                // Printed as the store names it: `docker.io/library/guest:<tag>`.
+                let (name, digest) = l.split_once('\t')?;
+                let repository = name.strip_suffix(&format!(":{tag}"))?;
+                Some(format!("{repository}@{}", digest.trim()))
+            })
+            .unwrap_or_else(|| panic!("import printed no guest:{tag}:\n{imported}"))
+    };
+    let manifest = format!(
+        "name: guests\ndevices: [{device}]\nworkloads:\n  - name: guest1\n    vm:\n      \
+         kernel: \"{}\"\n      initrd: \"{}\"\n      disks: [{{ image: \"{}\", read_only: true }}]\n      \
+         cmdline: \"{cmdline}\"\n      vcpus: 1\n    resources: {{ memory_mib: 128 }}\n    \
+         restart: on-failure\n",
+        reference("kernel"),
+        reference("initrd"),
+        reference("disk"),
+    );
+    let path = lab.dir().join("guests.yaml");
+    std::fs::write(&path, manifest).expect("write manifest");
+    lab.controller.apply(&path);
+
+    // Running, and the guest booted and read its disk.
+    let running = |restarts: u64| {
+        wait_until(CONVERGE, || {
+            let d = lab.controller.describe(&device)?;
+            let vm = object(&d, "guest1")?;
+            (vm["phase"] == "running" && vm["restarts"].as_u64() == Some(restarts)).then_some(())
+        })
+    };
+    if running(0).is_none() {
+        let vmm_log = edge.sh("cat /var/lib/mecvisor/agent/vms/guest1/vmm.log 2>&1; true");
+        lab.fail(&edge, &format!("the VM never ran; VMM log:\n{vmm_log}"));
+    }
+    let booted = |times: usize| {
+        wait_until(CONVERGE, || {
+            let logs = edge.sh("edge-agent logs guest1");
+            (logs.matches("MECVISOR-GUEST-BOOTED").count() >= times).then_some(logs)
+        })
+    };
+    let logs = booted(1).unwrap_or_else(|| {
+        let logs = edge
+            .sh("edge-agent logs guest1 --tail 40; cat /var/lib/mecvisor/agent/vms/guest1/vmm.log");
+        lab.fail(
+            &edge,
+            &format!("no boot marker in the VM's console:\n{logs}"),
+        )
+    });
+    let disk_line = format!("MECVISOR-GUEST-DISK {} {first_line}", sha256_hex(&head));
+    assert!(
+        wait_until(CONVERGE, || edge
+            .sh("edge-agent logs guest1")
+            .contains(&disk_line)
+            .then_some(()))
+        .is_some(),
+        "the guest did not read its disk:\n{logs}"
+    );
+    let human = lab.controller.fleetctl(&["describe", "device", &device]);
+    assert!(
+        human.contains("guest1") && human.contains("running"),
+        "{human}"
+    );
+
+    // Kill the VMM: on-failure starts it again, and the guest boots again.
+    let pid = vmm_pid(&edge, "guest1").unwrap_or_else(|| lab.fail(&edge, "no VMM pid"));
+    edge.sh(&format!("kill -9 {pid}"));
+    if running(1).is_none() {
+        lab.fail(
+            &edge,
+            "the VM was not restarted once after its VMM was killed",
+        );
+    }
+    let new_pid = wait_until(CONVERGE, || vmm_pid(&edge, "guest1").filter(|p| *p != pid))
+        .unwrap_or_else(|| lab.fail(&edge, "no new VMM process"));
+    if booted(2).is_none() {
+        lab.fail(&edge, "the restarted guest did not boot");
+    }
+
+    // Kill the agent (init starts it again): the VMM keeps running, adopted.
+    let mark = edge.console_text().len();
+    edge.sh(
+        "for d in /proc/[0-9]*; do tr '\\0' ' ' < $d/cmdline 2>/dev/null | \
+         grep -q '^/usr/bin/edge-agent run ' && kill -9 ${d#/proc/}; done; true",
+    );
+    let adopted = wait_until(CONVERGE, || {
+        edge.console_text()[mark..]
+            .contains("VM adopted as it runs")
+            .then_some(())
+    });
+    if adopted.is_none() {
+        lab.fail(&edge, "the restarted agent did not adopt the VM");
+    }
+    assert_eq!(
+        vmm_pid(&edge, "guest1"),
+        Some(new_pid),
+        "the VMM was replaced"
+    );
+    assert!(
+        edge.sh(&format!("kill -0 {new_pid} && echo alive"))
+            .contains("alive"),
+        "the VMM died with the agent"
+    );
+    let d = lab.controller.describe(&device).expect("describe");
+    let vm = object(&d, "guest1").expect("guest1 described");
+    assert_eq!(vm["restarts"].as_u64(), Some(1), "{vm:#}");
+}
