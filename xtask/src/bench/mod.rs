@@ -10,6 +10,7 @@ mod mosquitto;
 mod slicing;
 mod sync;
 mod table;
+mod vmm;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
@@ -46,6 +47,10 @@ enum BenchName {
     /// crun and podman on the same busybox image, and pull throughput from
     /// a loopback registry vs podman pull. Needs root.
     Containers,
+    /// microVMM (`edge-agent vmm`): RSS without guest RAM and process start
+    /// to first guest instruction on this host (tiny guest), guest boot to
+    /// its initramfs marker inside the emulated boxes. Needs root.
+    Vmm,
 }
 
 /// Runs the selected benchmarks.
@@ -57,6 +62,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             BenchName::Lab,
             BenchName::Slicing,
             BenchName::Containers,
+            BenchName::Vmm,
         ],
     };
     let mut misses = 0;
@@ -66,6 +72,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             BenchName::Lab => lab::run()?,
             BenchName::Slicing => slicing::run()?,
             BenchName::Containers => containers::run(&args.containers)?,
+            BenchName::Vmm => vmm::run()?,
         };
         table.print();
         misses += table.misses();

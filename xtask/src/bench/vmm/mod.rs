@@ -1,0 +1,33 @@
+//! `cargo xtask bench vmm`: mecvisor's microVMM (`edge-agent vmm`, crate
+//! `agent/vmm`), release build.
+//!
+//! 1. On this host, with a tiny guest the benchmark writes itself (an ELF
+//!    whose first instructions write `X` to COM1 and then spin; this host's
+//!    KVM runs such guests but cannot boot Linux):
+//!    - the VMM process's RSS without guest memory (total RSS minus the
+//!      resident part of the guest-RAM mapping), against Firecracker's
+//!      published "memory overhead < 5 MiB";
+//!    - the time from spawning the process to the first guest instruction
+//!      (the `X` readable on its stdout pipe), 20 runs.
+//! 2. In the emulated edge boxes (x86_64 and aarch64, QEMU TCG with nested
+//!    KVM), the guest image of `images/guest/` (Debian's kernel and a
+//!    marker-printing initramfs) from just before the VMM starts to its
+//!    `MECVISOR-GUEST-BOOTED` console line, 3 runs per architecture.
+//!
+//! What cannot be measured here is an ERROR row with the reason.
+
+mod elf;
+mod host;
+mod in_box;
+
+use anyhow::Result;
+
+use super::table::Table;
+
+/// Runs the benchmark; failures become ERROR rows, not aborts.
+pub fn run() -> Result<Table> {
+    let mut table = Table::new("microVMM (edge-agent vmm, release build)");
+    host::measure(&mut table);
+    in_box::measure(&mut table);
+    Ok(table)
+}
