@@ -239,8 +239,8 @@ impl Runtimes {
         runtimes.artifacts = Some(Box::new(crate::containers::ContentArtifacts::new(
             store.clone(),
         )));
-        runtimes.add_containers(config, store.clone(), slice_net);
-        runtimes.add_vms(config, store);
+        runtimes.add_containers(config, store.clone(), slice_net.clone());
+        runtimes.add_vms(config, store, slice_net);
         runtimes
     }
 
@@ -248,8 +248,9 @@ impl Runtimes {
         &mut self,
         config: &crate::config::Config,
         store: std::sync::Arc<content_store::ContentStore>,
+        slice_net: Option<crate::slicing::SharedSliceNet>,
     ) {
-        match crate::vms::VmRuntime::start(&config.data_dir, store, self.wake.clone()) {
+        match crate::vms::VmRuntime::start(&config.data_dir, store, slice_net, self.wake.clone()) {
             Ok(runtime) => self.vm = Some(Box::new(runtime)),
             Err(e) => {
                 tracing::info!(reason = %e, "VMs are reported unsupported");

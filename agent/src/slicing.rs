@@ -7,9 +7,9 @@
 //! yet to reach.
 //!
 //! Slices and ports live in one [`SliceNet`], shared with the container
-//! runtime: it adds a workload's port once the workload's veth exists, and
-//! every apply (of a slice or a port) carries both, so neither undoes the
-//! other.
+//! and VM runtimes: each adds a workload's port once the workload's veth
+//! (container) or tap (VM) exists, and every apply (of a slice or a port)
+//! carries all of them, so none undoes another.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -21,15 +21,15 @@ use network_slicing::{Port, Slice, Slicer};
 use tracing::info;
 
 use crate::config::SlicingConfig;
-use crate::runtime::{ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
+use crate::runtime::{ObjectKind, ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
 
 /// What the slicer applies: desired slices and the workload ports that
-/// exist, by name.
+/// exist, by workload name, each with the kind of runtime that owns it.
 pub struct SliceNet {
     slicer: Slicer,
     kernel: Kernel,
     slices: BTreeMap<String, Slice>,
-    ports: BTreeMap<String, Port>,
+    ports: BTreeMap<String, (ObjectKind, Port)>,
 }
 
 /// The slice state shared by the slicing and container runtimes (the agent
@@ -40,7 +40,7 @@ impl SliceNet {
     /// Applies the slices with their ports.
     pub async fn converge(&mut self) -> Result<(), RuntimeError> {
         let slices: Vec<Slice> = self.slices.values().cloned().collect();
-        let ports: Vec<Port> = self.ports.values().cloned().collect();
+        let ports: Vec<Port> = self.ports.values().map(|(_, p)| p.clone()).collect();
         let report = self
             .slicer
             .apply_with_ports(&slices, &ports)
@@ -66,20 +66,22 @@ impl SliceNet {
         &self.kernel
     }
 
-    /// Sets (or, with `None`, drops) the port of workload `workload`;
-    /// whether that changed anything.
-    pub fn set_port(&mut self, workload: &str, port: Option<Port>) -> bool {
+    /// Sets (or, with `None`, drops) the port of workload `workload`, a
+    /// workload of `kind`; whether that changed anything.
+    pub fn set_port(&mut self, kind: ObjectKind, workload: &str, port: Option<Port>) -> bool {
         let before = match port.clone() {
-            Some(p) => self.ports.insert(workload.to_string(), p),
+            Some(p) => self.ports.insert(workload.to_string(), (kind, p)),
             None => self.ports.remove(workload),
         };
-        before != port
+        before.map(|(_, p)| p) != port
     }
 
-    /// Replaces every port (the container runtime's view of which desired
-    /// workloads have one).
-    pub fn set_ports(&mut self, ports: BTreeMap<String, Port>) {
-        self.ports = ports;
+    /// Replaces every port of `kind`'s workloads (that runtime's view of
+    /// which desired workloads have one); other kinds' ports stay.
+    pub fn set_ports(&mut self, kind: ObjectKind, ports: BTreeMap<String, Port>) {
+        self.ports.retain(|_, (owner, _)| *owner != kind);
+        self.ports
+            .extend(ports.into_iter().map(|(name, port)| (name, (kind, port))));
     }
 }
 

@@ -1,10 +1,14 @@
 //! A VM workload end to end in the emulated edge boxes (issue 6, must-show
-//! 2 and 3, without the network part): the guest image's kernel, initramfs
-//! and a disk come in on the payload disk as OCI artifacts (an OCI image
-//! layout the test writes) and are imported with `edge-agent import`; a
-//! manifest applied with fleetctl runs them as a VM. Then:
+//! 2 and 3): the guest image's kernel, initramfs and a disk come in on the
+//! payload disk as OCI artifacts (an OCI image layout the test writes) and
+//! are imported with `edge-agent import`; a manifest applied with fleetctl
+//! puts a slice (VLAN 100 on the box's uplink, gateway 10.40.0.1) on the
+//! box and runs them as a VM in it, its tap the VM's port. Then:
 //! - `fleetctl describe` shows the VM running, and `edge-agent logs <vm>`
-//!   shows the guest's boot marker and what it read from its disk;
+//!   shows the guest's boot marker, what it read from its disk and its NIC
+//!   up with its slice address;
+//! - the box pings the guest from the slice's gateway, over the bridge,
+//!   the tap and virtio-net;
 //! - the VMM process is killed with SIGKILL: on-failure restarts the VM
 //!   (restarts goes up by one, the guest boots again);
 //! - the agent is killed with SIGKILL (init starts it again): the VM keeps
@@ -129,7 +133,12 @@ fn vm_workload(arch: Arch, cmdline: &str) {
     let device = format!("vmw-{}", arch.name().replace('_', "-"));
     let mut lab = Lab::start().expect("lab network");
     let mut edge = lab
-        .boot_box_with_payload(arch, &device, Some(payload.path()))
+        .boot_box_with(
+            arch,
+            &device,
+            Some(payload.path()),
+            "mecvisor.slicing=eth0:100000",
+        )
         .expect("boot the box");
     edge.wait_ready(BOOT).unwrap_or_else(|e| panic!("{e}"));
 
@@ -147,10 +156,12 @@ fn vm_workload(arch: Arch, cmdline: &str) {
             .unwrap_or_else(|| panic!("import printed no guest:{tag}:\n{imported}"))
     };
     let manifest = format!(
-        "name: guests\ndevices: [{device}]\nworkloads:\n  - name: guest1\n    vm:\n      \
+        "name: guests\ndevices: [{device}]\nslices:\n  - name: apps\n    vlan_id: 100\n    \
+         uplink: eth0\n    qos: {{ tier: bronze }}\n    subnet: 10.40.0.0/24\n    gateway: 10.40.0.1\n\
+         workloads:\n  - name: guest1\n    vm:\n      \
          kernel: \"{}\"\n      initrd: \"{}\"\n      disks: [{{ image: \"{}\", read_only: true }}]\n      \
-         cmdline: \"{cmdline}\"\n      vcpus: 1\n    resources: {{ memory_mib: 128 }}\n    \
-         restart: on-failure\n",
+         cmdline: \"{cmdline} mecvisor.ip=10.40.0.10/24\"\n      vcpus: 1\n    slice: apps\n    \
+         address: 10.40.0.10\n    resources: {{ memory_mib: 128 }}\n    restart: on-failure\n",
         reference("kernel"),
         reference("initrd"),
         reference("disk"),
@@ -199,6 +210,22 @@ fn vm_workload(arch: Arch, cmdline: &str) {
         human.contains("guest1") && human.contains("running"),
         "{human}"
     );
+    let net_up = wait_until(CONVERGE, || {
+        edge.sh("edge-agent logs guest1")
+            .contains("MECVISOR-GUEST-NET eth0 10.40.0.10/24 up")
+            .then_some(())
+    });
+    if net_up.is_none() {
+        lab.fail(&edge, "the guest's NIC never came up in its slice");
+    }
+    let ping = edge.sh("ping -c 3 -W 5 10.40.0.10 && echo guest-answered-ping; true");
+    if !ping.contains("guest-answered-ping") {
+        let slices = edge.sh("edge-agent slices; ip -br link; ip -br addr");
+        lab.fail(
+            &edge,
+            &format!("the guest did not answer a ping in its slice:\n{ping}\n{slices}"),
+        );
+    }
 
     // Kill the VMM: on-failure starts it again, and the guest boots again.
     let pid = vmm_pid(&edge, "guest1").unwrap_or_else(|| lab.fail(&edge, "no VMM pid"));

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::ContainersConfig;
-use crate::runtime::{ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
+use crate::runtime::{ObjectKind, ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
 use crate::slicing::SharedSliceNet;
 
 pub use health::{HealthSettings, HealthState, Probe};
@@ -199,7 +199,11 @@ async fn join_slice(
     )
     .await
     .map_err(|e| RuntimeError(e.to_string()))?;
-    net.set_port(&workload.name, Port::of_workload(workload));
+    net.set_port(
+        ObjectKind::Container,
+        &workload.name,
+        Port::of_workload(workload),
+    );
     // Always applied: the port may have been rebuilt even when its entry
     // did not change.
     net.converge().await?;
@@ -214,7 +218,7 @@ async fn leave_slice(inner: &Inner, workload: &str) -> Result<(), RuntimeError> 
         return Ok(());
     };
     let mut net = shared.lock().await;
-    if net.set_port(workload, None) {
+    if net.set_port(ObjectKind::Container, workload, None) {
         net.converge().await?;
     }
     network_slicing::workload_net::remove(net.kernel(), std::path::Path::new(NETNS_DIR), workload)
@@ -257,7 +261,7 @@ impl Runtime for ContainerRuntime {
                 })
                 .collect();
             match shared.try_lock() {
-                Ok(mut net) => net.set_ports(ports),
+                Ok(mut net) => net.set_ports(ObjectKind::Container, ports),
                 Err(_) => warn!("slice state busy; workload ports not updated this pass"),
             }
         }

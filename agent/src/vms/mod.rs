@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use content_store::ContentStore;
 use mecvisor_protocol::{VmSpec, WorkloadKind, WorkloadSpec};
+use network_slicing::Port;
 use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::runtime::{ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
+use crate::runtime::{ObjectKind, ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
+use crate::slicing::SharedSliceNet;
 use process::{Launch, Liveness, VmDir, VmmProcess};
 
 /// How often the watcher looks for exited VMMs.
@@ -31,6 +33,8 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Guest memory when the spec gives none.
 const DEFAULT_MEMORY_MIB: u32 = 256;
+/// How long a new VMM may take to create its tap.
+const TAP_WAIT: Duration = Duration::from_secs(10);
 
 /// A VMM this agent process started (its child, to be reaped) or adopted.
 struct Running {
@@ -45,6 +49,8 @@ struct Inner {
     program: PathBuf,
     wake: Rc<Notify>,
     running: RefCell<BTreeMap<String, Running>>,
+    /// Slices and ports, when network slicing is on.
+    slice_net: Option<SharedSliceNet>,
 }
 
 /// Runs VM workloads.
@@ -54,10 +60,12 @@ pub struct VmRuntime {
 
 impl VmRuntime {
     /// Checks /dev/kvm can be opened, prepares `<data_dir>/vms` and starts
-    /// the watcher (on the current `LocalSet`).
+    /// the watcher (on the current `LocalSet`). A VM in a slice gets a tap
+    /// (its port) in `slice_net`.
     pub fn start(
         data_dir: &Path,
         store: Arc<ContentStore>,
+        slice_net: Option<SharedSliceNet>,
         wake: Rc<Notify>,
     ) -> Result<VmRuntime, String> {
         std::fs::OpenOptions::new()
@@ -77,6 +85,7 @@ impl VmRuntime {
             program,
             wake,
             running: RefCell::new(BTreeMap::new()),
+            slice_net,
         });
         tokio::task::spawn_local(watch(Rc::downgrade(&inner)));
         Ok(VmRuntime { inner })
@@ -169,6 +178,10 @@ fn launch_args(
         };
         args.push("--disk".into());
         args.push(path);
+    }
+    if let Some(port) = Port::of_workload(workload) {
+        args.push("--net".into());
+        args.push(port.name);
     }
     if !vm.cmdline.is_empty() {
         args.push("--cmdline".into());
@@ -279,16 +292,91 @@ fn ended(dir: &VmDir) -> Observed {
     }
 }
 
+/// A VM in `slice` needs network slicing on and the slice desired here.
+async fn check_slice(inner: &Inner, name: &str, slice: &str) -> Result<(), RuntimeError> {
+    let Some(shared) = &inner.slice_net else {
+        return Err(RuntimeError(format!(
+            "VM {name} joins slice {slice}, but network slicing is off on this agent"
+        )));
+    };
+    if shared.lock().await.slice(slice).is_none() {
+        return Err(RuntimeError(format!(
+            "slice {slice} is not desired on this box"
+        )));
+    }
+    Ok(())
+}
+
+/// Waits for the new VMM's tap, then puts it in its slice as the VM's port
+/// (address, allow rules and shaping as for a container's veth).
+async fn join_slice(
+    inner: &Inner,
+    name: &str,
+    process: VmmProcess,
+    port: Port,
+) -> Result<(), RuntimeError> {
+    let Some(shared) = &inner.slice_net else {
+        return Ok(());
+    };
+    let link = Path::new("/sys/class/net").join(&port.name);
+    let deadline = tokio::time::Instant::now() + TAP_WAIT;
+    while !link.exists() {
+        if process.liveness() == Liveness::Exited || tokio::time::Instant::now() >= deadline {
+            return Err(RuntimeError(format!(
+                "the VMM of {name} did not create its tap {} (see {})",
+                port.name,
+                VmDir::new(&inner.root, name).vmm_log().display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tap = port.name.clone();
+    let slice = port.slice.clone();
+    let mut net = shared.lock().await;
+    // A new tap is down; the slicer enslaves ports but leaves their state.
+    let index = net
+        .kernel()
+        .index_of(&tap)
+        .await
+        .map_err(|e| RuntimeError(e.to_string()))?;
+    net.kernel()
+        .set_up(index, &format!("set tap {tap} up"))
+        .await
+        .map_err(|e| RuntimeError(e.to_string()))?;
+    net.set_port(ObjectKind::Vm, name, Some(port));
+    net.converge().await?;
+    info!(vm = name, %slice, %tap, "VM port in its slice");
+    Ok(())
+}
+
 impl Runtime for VmRuntime {
+    fn desired_set(&mut self, specs: &[ObjectSpec]) {
+        // The taps of desired VMs that run already (e.g. since before an
+        // agent restart): every slice apply must keep them in their bridges.
+        let Some(shared) = &self.inner.slice_net else {
+            return;
+        };
+        let ports = specs
+            .iter()
+            .filter_map(|spec| match spec {
+                ObjectSpec::Workload(w) => Some((w.name.clone(), Port::of_workload(w)?)),
+                ObjectSpec::Slice(_) => None,
+            })
+            .filter(|(_, p)| Path::new("/sys/class/net").join(&p.name).exists())
+            .collect();
+        match shared.try_lock() {
+            Ok(mut net) => net.set_ports(ObjectKind::Vm, ports),
+            Err(_) => warn!("slice state busy; VM ports are updated on the next pass"),
+        }
+    }
+
     fn apply<'a>(&'a mut self, spec: &'a ObjectSpec) -> RuntimeFuture<'a, ()> {
         Box::pin(async move {
             let inner = &self.inner;
             let (workload, vm) = vm_of(spec)?;
             let name = workload.name.as_str();
             if let Some(slice) = &workload.slice {
-                return Err(RuntimeError(format!(
-                    "VM {name} joins slice {slice}, but VM network ports (virtio-net) are not supported yet"
-                )));
+                check_slice(inner, name, slice).await?;
             }
             let dir = VmDir::new(&inner.root, name);
             std::fs::create_dir_all(dir.path())
@@ -341,6 +429,9 @@ impl Runtime for VmRuntime {
                     exit_noticed: false,
                 },
             );
+            if let Some(port) = Port::of_workload(workload) {
+                join_slice(inner, name, process, port).await?;
+            }
             Ok(())
         })
     }
@@ -356,6 +447,12 @@ impl Runtime for VmRuntime {
                 .and_then(|r| r.child);
             if let Some(process) = VmmProcess::load(&dir.pid_file()) {
                 stop(process, child).await;
+            }
+            if let Some(shared) = &inner.slice_net {
+                let mut net = shared.lock().await;
+                if net.set_port(ObjectKind::Vm, name, None) {
+                    net.converge().await?;
+                }
             }
             match std::fs::remove_dir_all(dir.path()) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError(format!(
