@@ -223,19 +223,7 @@ impl Reconciler {
                 next_wake: None,
             };
         };
-        let desired: Vec<ObjectSpec> = doc
-            .spec
-            .slices
-            .iter()
-            .cloned()
-            .map(ObjectSpec::Slice)
-            .chain(
-                doc.spec
-                    .workloads
-                    .iter()
-                    .map(|w| ObjectSpec::Workload(Box::new(w.clone()))),
-            )
-            .collect();
+        let desired = desired_specs(&doc);
         self.track(&desired, doc.generation);
         for kind in [ObjectKind::Slice, ObjectKind::Container, ObjectKind::Vm] {
             if let Some(runtime) = self.runtimes.for_kind(kind) {
@@ -285,8 +273,6 @@ impl Reconciler {
                 .await;
         }
 
-        self.collect_garbage(&desired, doc.generation).await;
-
         let actual = self.actual();
         let report = (self.last_reported.as_ref() != Some(&actual)).then_some(actual);
         let next_wake = self
@@ -296,6 +282,18 @@ impl Reconciler {
             .filter_map(|t| t.next_attempt)
             .min();
         PassResult { report, next_wake }
+    }
+
+    /// After a pass whose states were persisted (so a status read never
+    /// waits for this): once per generation, when every object has settled,
+    /// removes orphans and lets the artifact store drop what no desired
+    /// object needs.
+    pub async fn tidy(&mut self) {
+        let Some(doc) = self.desired.clone() else {
+            return;
+        };
+        let desired = desired_specs(&doc);
+        self.collect_garbage(&desired, doc.generation).await;
     }
 
     /// Once per generation, when every object has settled (nothing applying
@@ -582,6 +580,22 @@ impl Reconciler {
     }
 }
 
+/// Every object of a desired document, slices first.
+fn desired_specs(doc: &DesiredState) -> Vec<ObjectSpec> {
+    doc.spec
+        .slices
+        .iter()
+        .cloned()
+        .map(ObjectSpec::Slice)
+        .chain(
+            doc.spec
+                .workloads
+                .iter()
+                .map(|w| ObjectSpec::Workload(Box::new(w.clone()))),
+        )
+        .collect()
+}
+
 /// Runs the reconciler until shutdown: a pass whenever a new document
 /// arrives, an object's backoff expires, or `resync` elapses; persists object
 /// states and enqueues a State report whenever they change.
@@ -627,6 +641,10 @@ pub async fn run(
                 Err(e) => error!(error = %e, "cannot persist object states; will retry"),
             }
         }
+        reconciler
+            .tidy()
+            .instrument(info_span!("tidy", generation))
+            .await;
         let resync_at = now + resync;
         let wake_at = result.next_wake.map_or(resync_at, |w| w.min(resync_at));
         tokio::select! {
@@ -997,12 +1015,14 @@ mod tests {
         script.borrow_mut().present = vec!["cam".into(), "ghost".into()];
         r.set_desired(doc(1, vec![], vec![container("cam", None)]));
         r.pass(Instant::now()).await;
+        r.tidy().await;
         let calls = script.borrow().calls.clone();
         assert!(calls.contains(&"remove ghost".to_string()), "{calls:?}");
         assert!(!calls.contains(&"remove cam".to_string()), "{calls:?}");
         // Once per generation.
         script.borrow_mut().calls.clear();
         r.pass(Instant::now()).await;
+        r.tidy().await;
         assert!(script.borrow().calls.iter().all(|c| c != "remove ghost"));
     }
 

@@ -52,6 +52,13 @@ pub struct VmmArgs {
     /// name). Repeatable.
     #[arg(long = "net", value_name = "TAP[,mac=MAC]", value_parser = parse_net)]
     pub nets: Vec<mecvisor_vmm::machine::NetConfig>,
+    /// Jail the VMM once the guest's files are open: its own mount
+    /// namespace, a root holding only this directory (at its usual path),
+    /// no capabilities, no new privileges. `--console-log` and
+    /// `--exit-record` must lie inside it. The agent passes the VM's
+    /// directory. Needs root (CAP_SYS_ADMIN) to set up.
+    #[arg(long, value_name = "DIR")]
+    pub jail: Option<PathBuf>,
     /// When the VMM ends, write how (JSON: `ended` = power-off, reset,
     /// shutdown, halted, terminated or failed, with `error` for a failure)
     /// to this file, through a rename so it is never half written. The
@@ -149,6 +156,24 @@ pub fn main(args: VmmArgs) -> ExitCode {
         tracing::error!("{e}");
         return ExitCode::from(2);
     }
+    // Before any thread exists: the kernel gives only a single-threaded
+    // process a new mount namespace.
+    let jail = match &args.jail {
+        Some(dir) => match jail_for(
+            dir,
+            args.console_log
+                .iter()
+                .chain(args.exit_record.iter())
+                .map(PathBuf::as_path),
+        ) {
+            Ok(jail) => Some(jail),
+            Err((code, e)) => {
+                tracing::error!("{e}");
+                return ExitCode::from(code);
+            }
+        },
+        None => None,
+    };
     // Before any thread exists, so the vCPU threads inherit the mask.
     let signals = match mecvisor_vmm::signals::TerminationSignals::block() {
         Ok(s) => s,
@@ -159,13 +184,13 @@ pub fn main(args: VmmArgs) -> ExitCode {
     };
     let booted = match args.console_log.clone() {
         Some(dir) => match LogWriter::open(&dir, LogLimits::default()) {
-            Ok(log) => mecvisor_vmm::Machine::boot(&config, ConsoleLog(log)),
+            Ok(log) => mecvisor_vmm::Machine::boot_jailed(&config, ConsoleLog(log), jail),
             Err(e) => {
                 tracing::error!("cannot open the console log in {}: {e}", dir.display());
                 return ExitCode::FAILURE;
             }
         },
-        None => mecvisor_vmm::Machine::boot(&config, std::io::stdout()),
+        None => mecvisor_vmm::Machine::boot_jailed(&config, std::io::stdout(), jail),
     };
     let machine = match booted {
         Ok(m) => m,
@@ -200,6 +225,31 @@ pub fn main(args: VmmArgs) -> ExitCode {
         }
     }
     code
+}
+
+/// Checks that what the VMM writes after jailing lies inside `dir`, then
+/// prepares the jail (exit status 2 for a bad layout, 1 when the kernel
+/// refuses).
+fn jail_for<'a>(
+    dir: &std::path::Path,
+    writes: impl Iterator<Item = &'a std::path::Path>,
+) -> Result<mecvisor_vmm::sandbox::Jail, (u8, String)> {
+    for path in writes {
+        if !path.starts_with(dir) {
+            return Err((
+                2,
+                format!(
+                    "{} lies outside the jail {}; it would be unreachable from inside",
+                    path.display(),
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    mecvisor_vmm::sandbox::Jail::prepare(dir).map_err(|e| match e {
+        mecvisor_vmm::sandbox::SandboxError::BadDirectory(_) => (2, e.to_string()),
+        mecvisor_vmm::sandbox::SandboxError::Os { .. } => (1, e.to_string()),
+    })
 }
 
 /// The exit record's name for how the guest ended.

@@ -285,6 +285,12 @@ fn replay_tampering_and_garbage_are_refused() {
         &["cam", "dvr"],
     ));
     let second = controller.wait_acked("edge-1", first + 1, ACK_WAIT);
+    // The second generation reconciled and recorded before the attacks, so
+    // any change after them is theirs.
+    wait_until(ACK_WAIT, || {
+        (object_names(&agent.status()) == ["cam", "dvr", "video-net"]).then_some(())
+    })
+    .unwrap_or_else(|| panic!("generation {second} never recorded: {}", agent.log_text()));
     let old = probe
         .on(&desired)
         .into_iter()
@@ -337,10 +343,10 @@ fn deletion_made_while_offline_is_applied_on_reconnect() {
     controller.apply(&keep);
     controller.apply(&doomed);
     let before = controller.wait_acked("edge-1", 2, ACK_WAIT);
-    assert_eq!(
-        object_names(&agent.status()),
-        ["base-net", "cam", "dvr", "extra-net"]
-    );
+    wait_until(ACK_WAIT, || {
+        (object_names(&agent.status()) == ["base-net", "cam", "dvr", "extra-net"]).then_some(())
+    })
+    .unwrap_or_else(|| panic!("generation {before} never recorded: {:#}", agent.status()));
 
     agent.stop();
     controller.fleetctl(&["delete", "manifest", "extra"]);

@@ -14,11 +14,14 @@
 //! (headers, buffers, indirect tables). The used ring is at 0x2000.
 #![no_main]
 
+#[path = "virtio_driver.rs"]
+mod virtio_driver;
+
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
 use libfuzzer_sys::fuzz_target;
-use mecvisor_vmm::devices::mmio::MmioDevice;
+use virtio_driver::{negotiate, params, queue, take, write, Params};
 use mecvisor_vmm::devices::signal::Signal;
 use mecvisor_vmm::devices::virtio::block::Block;
 use mecvisor_vmm::devices::virtio::mmio::{regs, MmioTransport};
@@ -28,35 +31,17 @@ use mecvisor_vmm::GuestRam;
 const RAM_BYTES: u64 = 64 << 10;
 const DESC_TABLE: u64 = 0x0;
 const AVAIL_RING: u64 = 0x1000;
-const USED_RING: u64 = 0x2000;
 const MEMORY: u64 = 0x3000;
 const IMAGE_BYTES: usize = 16 * 512;
 
-/// Takes `n` bytes off the front of `data` (fewer at its end).
-fn take<'a>(data: &mut &'a [u8], n: usize) -> &'a [u8] {
-    let (now, rest) = data.split_at(n.min(data.len()));
-    *data = rest;
-    now
-}
-
-fn write(transport: &mut MmioTransport<Block>, offset: u64, value: u32) {
-    transport.write(offset, &value.to_le_bytes());
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut data = data;
-    let params = take(&mut data, 3);
-    let [size_exponent, flags, writes] = <[u8; 3]>::try_from(params).unwrap_or([2, 0, 0]);
-    let size = 1u16 << (size_exponent % 9);
+    let Params {
+        size,
+        flags,
+        register_writes,
+    } = params(&mut data);
     let read_only = flags & 1 != 0;
-    let mut register_writes = Vec::new();
-    for _ in 0..writes % 5 {
-        let entry = take(&mut data, 6);
-        if let Ok([o0, o1, v0, v1, v2, v3]) = <[u8; 6]>::try_from(entry) {
-            let offset = u64::from(u16::from_le_bytes([o0, o1]) % 0x200);
-            register_writes.push((offset, u32::from_le_bytes([v0, v1, v2, v3])));
-        }
-    }
 
     let ram = GuestRam::new(RAM_BYTES).expect("guest RAM");
     ram.write(DESC_TABLE, take(&mut data, usize::from(size) * 16))
@@ -74,33 +59,8 @@ fuzz_target!(|data: &[u8]| {
     let mut transport =
         MmioTransport::new(device, ram.memory().clone(), Interrupt::new(line)).expect("transport");
 
-    // A driver's setup.
-    write(&mut transport, regs::STATUS, 0);
-    write(&mut transport, regs::STATUS, status::ACKNOWLEDGE);
-    write(
-        &mut transport,
-        regs::STATUS,
-        status::ACKNOWLEDGE | status::DRIVER,
-    );
-    for page in 0..2 {
-        let mut features = [0u8; 4];
-        write(&mut transport, regs::DEVICE_FEATURES_SEL, page);
-        transport.read(regs::DEVICE_FEATURES, &mut features);
-        write(&mut transport, regs::DRIVER_FEATURES_SEL, page);
-        write(
-            &mut transport,
-            regs::DRIVER_FEATURES,
-            u32::from_le_bytes(features),
-        );
-    }
-    let negotiated = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-    write(&mut transport, regs::STATUS, negotiated);
-    write(&mut transport, regs::QUEUE_SEL, 0);
-    write(&mut transport, regs::QUEUE_NUM, u32::from(size));
-    write(&mut transport, regs::QUEUE_DESC_LOW, DESC_TABLE as u32);
-    write(&mut transport, regs::QUEUE_AVAIL_LOW, AVAIL_RING as u32);
-    write(&mut transport, regs::QUEUE_USED_LOW, USED_RING as u32);
-    write(&mut transport, regs::QUEUE_READY, 1);
+    let negotiated = negotiate(&mut transport);
+    queue(&mut transport, 0, size, DESC_TABLE);
     write(&mut transport, regs::STATUS, negotiated | status::DRIVER_OK);
     assert!(
         transport.device().is_active(),

@@ -17,11 +17,14 @@
 //! used ring is at 0x2000; the receive queue is set up empty at 0x1_0000.
 #![no_main]
 
+#[path = "virtio_driver.rs"]
+mod virtio_driver;
+
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
-use mecvisor_vmm::devices::mmio::MmioDevice;
+use virtio_driver::{negotiate, params, queue, take, write, Params};
 use mecvisor_vmm::devices::signal::Signal;
 use mecvisor_vmm::devices::virtio::mmio::{regs, MmioTransport};
 use mecvisor_vmm::devices::virtio::net::{FrameIo, Net, HEADER_LEN, MAX_FRAME, MIN_FRAME};
@@ -56,41 +59,13 @@ impl FrameIo for Sink {
     }
 }
 
-/// Takes `n` bytes off the front of `data` (fewer at its end).
-fn take<'a>(data: &mut &'a [u8], n: usize) -> &'a [u8] {
-    let (now, rest) = data.split_at(n.min(data.len()));
-    *data = rest;
-    now
-}
-
-fn write(transport: &mut MmioTransport<Net<Sink>>, offset: u64, value: u32) {
-    transport.write(offset, &value.to_le_bytes());
-}
-
-/// Sets up queue `index` of `size` entries at `desc`, then `+0x1000`
-/// (available) and `+0x2000` (used).
-fn queue(transport: &mut MmioTransport<Net<Sink>>, index: u32, size: u16, desc: u64) {
-    write(transport, regs::QUEUE_SEL, index);
-    write(transport, regs::QUEUE_NUM, u32::from(size));
-    write(transport, regs::QUEUE_DESC_LOW, desc as u32);
-    write(transport, regs::QUEUE_AVAIL_LOW, (desc + 0x1000) as u32);
-    write(transport, regs::QUEUE_USED_LOW, (desc + 0x2000) as u32);
-    write(transport, regs::QUEUE_READY, 1);
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut data = data;
-    let params = take(&mut data, 3);
-    let [size_exponent, flags, writes] = <[u8; 3]>::try_from(params).unwrap_or([2, 0, 0]);
-    let size = 1u16 << (size_exponent % 9);
-    let mut register_writes = Vec::new();
-    for _ in 0..writes % 5 {
-        let entry = take(&mut data, 6);
-        if let Ok([o0, o1, v0, v1, v2, v3]) = <[u8; 6]>::try_from(entry) {
-            let offset = u64::from(u16::from_le_bytes([o0, o1]) % 0x200);
-            register_writes.push((offset, u32::from_le_bytes([v0, v1, v2, v3])));
-        }
-    }
+    let Params {
+        size,
+        flags,
+        register_writes,
+    } = params(&mut data);
 
     let ram = GuestRam::new(RAM_BYTES).expect("guest RAM");
     ram.write(DESC_TABLE, take(&mut data, usize::from(size) * 16))
@@ -110,27 +85,7 @@ fuzz_target!(|data: &[u8]| {
     let mut transport =
         MmioTransport::new(device, ram.memory().clone(), Interrupt::new(line)).expect("transport");
 
-    // A driver's setup.
-    write(&mut transport, regs::STATUS, 0);
-    write(&mut transport, regs::STATUS, status::ACKNOWLEDGE);
-    write(
-        &mut transport,
-        regs::STATUS,
-        status::ACKNOWLEDGE | status::DRIVER,
-    );
-    for page in 0..2 {
-        let mut features = [0u8; 4];
-        write(&mut transport, regs::DEVICE_FEATURES_SEL, page);
-        transport.read(regs::DEVICE_FEATURES, &mut features);
-        write(&mut transport, regs::DRIVER_FEATURES_SEL, page);
-        write(
-            &mut transport,
-            regs::DRIVER_FEATURES,
-            u32::from_le_bytes(features),
-        );
-    }
-    let negotiated = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-    write(&mut transport, regs::STATUS, negotiated);
+    let negotiated = negotiate(&mut transport);
     queue(&mut transport, 0, 16, RX_RINGS);
     queue(&mut transport, 1, size, DESC_TABLE);
     write(&mut transport, regs::STATUS, negotiated | status::DRIVER_OK);

@@ -205,6 +205,19 @@ impl EdgeBox {
             .output
     }
 
+    /// Kills the agent (`edge-agent run`, matched on its whole command line:
+    /// container monitors and VMMs are edge-agent too) with SIGKILL; the
+    /// box's init starts it again. Returns the console's length before the
+    /// kill, to find what the new agent logs.
+    pub fn kill_agent(&self) -> usize {
+        let mark = self.console_text().len();
+        self.sh(
+            "for d in /proc/[0-9]*; do tr '\\0' ' ' < $d/cmdline 2>/dev/null | \
+             grep -q '^/usr/bin/edge-agent run ' && kill -9 ${d#/proc/}; done; true",
+        );
+        mark
+    }
+
     /// Cuts the box's link (its tap goes down; the box sees nothing, like a
     /// cable pulled at the far end).
     pub fn cut_link(&self) -> Result<(), String> {

@@ -15,6 +15,7 @@
 pub mod arch;
 mod base64;
 pub mod edge_box;
+pub mod guest;
 pub mod images;
 pub mod lab;
 pub mod qemu;

@@ -132,12 +132,7 @@ fn containers_in_box(arch: Arch, device: &str) {
     assert!(logs.contains("killed by signal 9"), "{logs}");
 
     // Kill the agent (init starts it again): web keeps its process.
-    let mark = edge.console_text().len();
-    // (Matched on the whole command line: monitors are edge-agent too.)
-    edge.sh(
-        "for d in /proc/[0-9]*; do tr '\\0' ' ' < $d/cmdline 2>/dev/null | \
-         grep -q '^/usr/bin/edge-agent run ' && kill -9 ${d#/proc/}; done; true",
-    );
+    let mark = edge.kill_agent();
     let adopted = wait_until(CONVERGE, || {
         edge.console_text()[mark..]
             .contains("container adopted as it runs")

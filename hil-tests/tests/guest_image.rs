@@ -2,13 +2,12 @@
 //! QEMU, until the project's own VMM runs it), prints its boot marker, reads
 //! its virtio disk and brings its virtio NIC up.
 
-use std::io::Write;
 use std::time::Duration;
 
+use mecvisor_hil::guest::DiskHead;
 use mecvisor_hil::images::BootImage;
 use mecvisor_hil::qemu::{MachineSpec, Net};
 use mecvisor_hil::{missing_guest_prerequisite, skip_if, Arch};
-use sha2::{Digest, Sha256};
 
 #[test]
 fn x86_64_guest_image_boots_reads_its_disk_and_brings_up_its_nic() {
@@ -29,18 +28,9 @@ fn guest_boots(arch: Arch) {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let nonce = format!("{:x}", std::process::id() as u64 * 7919 + arch as u64);
-    let first_line = format!("MECVISOR-TEST-DISK {nonce}");
+    let head = DiskHead::new(&format!("MECVISOR-TEST-DISK {nonce}"));
     let disk = dir.path().join("disk.img");
-    let mut file = std::fs::File::create(&disk).expect("disk");
-    let mut head = vec![0u8; 4096];
-    head[..first_line.len()].copy_from_slice(first_line.as_bytes());
-    head[first_line.len()] = b'\n';
-    file.write_all(&head).expect("disk head");
-    file.set_len(1 << 20).expect("disk size");
-    let expected_digest: String = Sha256::digest(&head)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    head.write_disk(&disk, 1 << 20);
 
     let spec = MachineSpec {
         arch,
@@ -71,11 +61,7 @@ fn guest_boots(arch: Arch) {
         line("MECVISOR-GUEST-BOOTED ").starts_with(arch.name()),
         "{console}"
     );
-    assert_eq!(
-        line("MECVISOR-GUEST-DISK "),
-        format!("{expected_digest} {first_line}"),
-        "{console}"
-    );
+    assert_eq!(line("MECVISOR-GUEST-DISK "), head.report(), "{console}");
     let net = line("MECVISOR-GUEST-NET ");
     assert_eq!(net, "eth0 10.0.2.15/24 up", "{console}");
     line("MECVISOR-GUEST-DONE");

@@ -10,12 +10,10 @@
 //! its markers and the digest of what it read, and powers off (ACPI sleep control register; PSCI
 //! SYSTEM_OFF), which ends the VMM with status 0.
 
-use std::io::Write;
 use std::time::Duration;
 
-use mecvisor_hil::images::BootImage;
-use mecvisor_hil::{missing_prerequisite, skip_if, Arch, Lab};
-use sha2::{Digest, Sha256};
+use mecvisor_hil::guest::{guest_for_box_or_skip, DiskHead};
+use mecvisor_hil::{Arch, Lab};
 
 const BOOT: Duration = Duration::from_secs(300);
 /// The guest boots under KVM nested inside QEMU's emulation: slow.
@@ -36,27 +34,18 @@ fn aarch64_box_boots_the_debian_kernel_on_the_microvmm() {
 
 fn boots_on_the_microvmm(arch: Arch, cmdline: &str) {
     let test = format!("{} microVMM in a box", arch.name());
-    let guest = BootImage::load(arch, "guest");
-    let missing = missing_prerequisite(&[arch]).or_else(|| guest.as_ref().err().cloned());
-    if skip_if(&test, missing) {
+    let Some(guest) = guest_for_box_or_skip(&test, arch) else {
         return;
-    }
-    let guest = guest.expect("checked above");
+    };
     let payload = tempfile::tempdir().expect("payload dir");
     std::fs::copy(&guest.kernel, payload.path().join("vmlinuz")).expect("copy the kernel");
     std::fs::copy(&guest.initramfs, payload.path().join("initrd.img")).expect("copy the initramfs");
-    // The guest prints the sha256 of its disk's first 4 KiB and its first line.
-    let first_line = format!("MECVISOR-TEST-DISK {} {}", arch.name(), std::process::id());
-    let mut head = vec![0u8; 4096];
-    head[..first_line.len()].copy_from_slice(first_line.as_bytes());
-    head[first_line.len()] = b'\n';
-    let mut disk = std::fs::File::create(payload.path().join("disk.img")).expect("disk");
-    disk.write_all(&head).expect("disk head");
-    disk.set_len(1 << 20).expect("disk size");
-    let digest: String = Sha256::digest(&head)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let head = DiskHead::new(&format!(
+        "MECVISOR-TEST-DISK {} {}",
+        arch.name(),
+        std::process::id()
+    ));
+    head.write_disk(&payload.path().join("disk.img"), 1 << 20);
 
     let mut lab = Lab::start().expect("lab network");
     let mut edge = lab
@@ -100,7 +89,7 @@ fn boots_on_the_microvmm(arch: Arch, cmdline: &str) {
         "the guest did not bring up both vCPUs:\n{out}"
     );
     assert!(
-        out.contains(&format!("MECVISOR-GUEST-DISK {digest} {first_line}")),
+        out.contains(&format!("MECVISOR-GUEST-DISK {}", head.report())),
         "the guest did not read its virtio disk:\n{out}"
     );
     assert!(

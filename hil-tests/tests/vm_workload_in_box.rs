@@ -18,8 +18,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use mecvisor_e2e::wait_until;
-use mecvisor_hil::images::BootImage;
-use mecvisor_hil::{missing_prerequisite, skip_if, Arch, EdgeBox, Lab};
+use mecvisor_hil::guest::{guest_for_box_or_skip, DiskHead};
+use mecvisor_hil::{Arch, EdgeBox, Lab};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -108,19 +108,13 @@ fn vmm_pid(edge: &EdgeBox, name: &str) -> Option<i64> {
 
 fn vm_workload(arch: Arch, cmdline: &str) {
     let test = format!("{} VM workload in a box", arch.name());
-    let guest = BootImage::load(arch, "guest");
-    let missing = missing_prerequisite(&[arch]).or_else(|| guest.as_ref().err().cloned());
-    if skip_if(&test, missing) {
+    let Some(guest) = guest_for_box_or_skip(&test, arch) else {
         return;
-    }
-    let guest = guest.expect("checked above");
+    };
     let payload = tempfile::tempdir().expect("payload dir");
-    let first_line = format!("MECVISOR-TEST-DISK {} workload", arch.name());
-    let mut head = vec![0u8; 4096];
-    head[..first_line.len()].copy_from_slice(first_line.as_bytes());
-    head[first_line.len()] = b'\n';
+    let head = DiskHead::new(&format!("MECVISOR-TEST-DISK {} workload", arch.name()));
     let disk = payload.path().join("disk.img");
-    std::fs::write(&disk, &head).expect("disk");
+    head.write_disk(&disk, 4096);
     artifact_layout(
         &payload.path().join("guest"),
         &[
@@ -196,7 +190,7 @@ fn vm_workload(arch: Arch, cmdline: &str) {
             &format!("no boot marker in the VM's console:\n{logs}"),
         )
     });
-    let disk_line = format!("MECVISOR-GUEST-DISK {} {first_line}", sha256_hex(&head));
+    let disk_line = format!("MECVISOR-GUEST-DISK {}", head.report());
     assert!(
         wait_until(CONVERGE, || edge
             .sh("edge-agent logs guest1")
@@ -243,11 +237,7 @@ fn vm_workload(arch: Arch, cmdline: &str) {
     }
 
     // Kill the agent (init starts it again): the VMM keeps running, adopted.
-    let mark = edge.console_text().len();
-    edge.sh(
-        "for d in /proc/[0-9]*; do tr '\\0' ' ' < $d/cmdline 2>/dev/null | \
-         grep -q '^/usr/bin/edge-agent run ' && kill -9 ${d#/proc/}; done; true",
-    );
+    let mark = edge.kill_agent();
     let adopted = wait_until(CONVERGE, || {
         edge.console_text()[mark..]
             .contains("VM adopted as it runs")

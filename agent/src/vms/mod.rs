@@ -78,6 +78,10 @@ impl VmRuntime {
         let root = data_dir.join("vms");
         std::fs::create_dir_all(&root)
             .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        // Absolute: each VM's directory is its VMM's jail.
+        let root = root
+            .canonicalize()
+            .map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
         info!(state = %root.display(), "VM runtime ready");
         let inner = Rc::new(Inner {
             store,
@@ -200,6 +204,8 @@ fn launch_args(
         dir.console().display().to_string(),
         "--exit-record".to_string(),
         dir.exit_file().display().to_string(),
+        "--jail".to_string(),
+        dir.path().display().to_string(),
     ]);
     Ok(args)
 }

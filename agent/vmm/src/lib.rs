@@ -12,6 +12,9 @@
 //! - [`machine`]: a whole guest (RAM, VM, devices, kernel, vCPU threads)
 //!   and its [`event_loop`], which ends on a vCPU stop or a termination
 //!   [`signals`] (SIGTERM, SIGINT);
+//! - [`payload`]: tiny ELF guests for tests and benchmarks;
+//! - [`sandbox`]: the VMM process's jail (own mount namespace, a chroot
+//!   holding only the VM's directory, no capabilities);
 //! - [`arch`]: what differs per architecture (register setup, boot
 //!   layout), under `arch/x86_64` and `arch/aarch64` only.
 
@@ -22,6 +25,8 @@ pub mod devices;
 pub mod event_loop;
 pub mod machine;
 pub mod memory;
+pub mod payload;
+pub mod sandbox;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

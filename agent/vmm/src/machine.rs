@@ -24,6 +24,7 @@ use crate::devices::virtio::Interrupt;
 use crate::devices::{Devices, Platform, SharedDevices};
 use crate::event_loop::{self, EventLoopError, NetReceiver, Wake};
 use crate::memory::MemoryError;
+use crate::sandbox::{Jail, SandboxError};
 use crate::signals::TerminationSignals;
 use crate::vcpu::{RunningVcpu, Stop, VcpuError};
 use crate::vm::{Vm, VmError};
@@ -111,6 +112,9 @@ pub enum MachineError {
     /// A virtio device could not be set up.
     #[error(transparent)]
     Virtio(#[from] MmioTransportError),
+    /// The jail could not be entered.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// A tap could not be opened.
     #[error(transparent)]
     Tap(#[from] TapError),
@@ -299,6 +303,16 @@ impl Machine {
         config: &MachineConfig,
         console: W,
     ) -> Result<Machine, MachineError> {
+        Machine::boot_jailed(config, console, None)
+    }
+
+    /// Like [`Machine::boot`], entering `jail` once everything is open and
+    /// before the vCPU threads start (so they inherit it).
+    pub fn boot_jailed<W: Write + Send + 'static>(
+        config: &MachineConfig,
+        console: W,
+        jail: Option<Jail>,
+    ) -> Result<Machine, MachineError> {
         let span =
             info_span!("boot", kernel = %config.kernel.display(), memory_mib = config.memory_mib);
         let _enter = span.enter();
@@ -330,6 +344,11 @@ impl Machine {
             vm.register_irqfd(signal.event(), *line)?;
         }
         info!("kernel loaded");
+        if let Some(jail) = jail {
+            let keeps = jail.keeps().display().to_string();
+            jail.enter()?;
+            info!(keeps = %keeps, "in the jail: own mount namespace, chroot, no capabilities");
+        }
         let vcpu_exited = Signal::new().map_err(os("create the vCPU exit signal"))?;
         let mut running = Vec::new();
         for vcpu in vcpus {
