@@ -5,6 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::ranges::{RangeError, Ranges};
+
 /// Where a device sits on the MMIO bus and the interrupt line it raises,
 /// as the guest is told (x86_64: ACPI DSDT, the line a GSI; aarch64: the
 /// device tree, the line an SPI number).
@@ -66,25 +68,10 @@ pub enum MmioBusError {
     },
 }
 
-struct Slot {
-    base: u64,
-    len: u64,
-    name: String,
-    device: Box<dyn MmioDevice>,
-}
-
-impl Slot {
-    /// Whether `address` is inside (without overflow: `len` >= 1 and
-    /// `base + len` fits, checked at insertion).
-    fn contains(&self, address: u64) -> bool {
-        address >= self.base && address - self.base < self.len
-    }
-}
-
 /// Devices by guest-physical range.
 #[derive(Default)]
 pub struct MmioBus {
-    slots: Vec<Slot>,
+    ranges: Ranges<dyn MmioDevice>,
 }
 
 impl MmioBus {
@@ -101,56 +88,34 @@ impl MmioBus {
         len: u64,
         device: Box<dyn MmioDevice>,
     ) -> Result<(), MmioBusError> {
-        let end = match base.checked_add(len) {
-            Some(end) if len > 0 => end,
-            _ => return Err(MmioBusError::BadRange { base, len }),
-        };
-        if let Some(other) = self
-            .slots
-            .iter()
-            .find(|s| s.base < end && base < s.base + s.len)
-        {
-            return Err(MmioBusError::Overlap {
-                base,
-                len,
-                other: other.name.clone(),
-            });
-        }
-        self.slots.push(Slot {
-            base,
-            len,
-            name: name.to_string(),
-            device,
-        });
-        Ok(())
+        self.ranges
+            .insert(name, base, len, u64::MAX, device)
+            .map_err(|e| match e {
+                RangeError::BadRange => MmioBusError::BadRange { base, len },
+                RangeError::Overlap(other) => MmioBusError::Overlap { base, len, other },
+            })
     }
 
     /// The device whose range holds all of `address .. address + len`, and
     /// the offset into it. An access straddling a range's end belongs to no
     /// device.
-    fn slot(&mut self, address: u64, len: usize) -> Option<(&mut Slot, u64)> {
+    fn slot(&mut self, address: u64, len: usize) -> Option<(&mut (dyn MmioDevice + 'static), u64)> {
         let last = address.checked_add((len as u64).saturating_sub(1))?;
-        self.slots
-            .iter_mut()
-            .find(|s| s.contains(address) && s.contains(last))
-            .map(|s| {
-                let offset = address - s.base;
-                (s, offset)
-            })
+        self.ranges.find(address, last)
     }
 
     /// A guest read at `address`.
     pub fn read(&mut self, address: u64, data: &mut [u8]) {
         match self.slot(address, data.len()) {
-            Some((slot, offset)) => slot.device.read(offset, data),
+            Some((device, offset)) => device.read(offset, data),
             None => data.fill(0xff),
         }
     }
 
     /// A guest write at `address`.
     pub fn write(&mut self, address: u64, data: &[u8]) {
-        if let Some((slot, offset)) = self.slot(address, data.len()) {
-            slot.device.write(offset, data);
+        if let Some((device, offset)) = self.slot(address, data.len()) {
+            device.write(offset, data);
         }
     }
 }

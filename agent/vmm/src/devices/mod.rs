@@ -15,6 +15,7 @@ pub mod i8042;
 pub mod mmio;
 pub mod pio;
 pub mod power;
+mod ranges;
 pub mod rtc_pl031;
 pub mod serial;
 pub mod signal;

@@ -2,6 +2,8 @@
 //! no device claims read as all ones and writes are dropped, as on real
 //! hardware.
 
+use super::ranges::{RangeError, Ranges};
+
 /// A device on the port bus; `offset` is relative to its base port.
 pub trait PortDevice: Send {
     /// The guest reads `data.len()` bytes at `offset`.
@@ -33,17 +35,10 @@ pub enum BusError {
     },
 }
 
-struct Slot {
-    base: u16,
-    len: u16,
-    name: String,
-    device: Box<dyn PortDevice>,
-}
-
 /// Devices by port range.
 #[derive(Default)]
 pub struct PortBus {
-    slots: Vec<Slot>,
+    ranges: Ranges<dyn PortDevice>,
 }
 
 impl PortBus {
@@ -60,50 +55,34 @@ impl PortBus {
         len: u16,
         device: Box<dyn PortDevice>,
     ) -> Result<(), BusError> {
-        let end = u32::from(base) + u32::from(len);
-        if len == 0 || end > 0x1_0000 {
-            return Err(BusError::BadRange { base, len });
-        }
-        if let Some(other) = self.slots.iter().find(|s| {
-            u32::from(s.base) < end && u32::from(base) < u32::from(s.base) + u32::from(s.len)
-        }) {
-            return Err(BusError::Overlap {
-                base,
-                len,
-                other: other.name.clone(),
-            });
-        }
-        self.slots.push(Slot {
-            base,
-            len,
-            name: name.to_string(),
-            device,
-        });
-        Ok(())
+        self.ranges
+            .insert(name, base.into(), len.into(), 0x1_0000, device)
+            .map_err(|e| match e {
+                RangeError::BadRange => BusError::BadRange { base, len },
+                RangeError::Overlap(other) => BusError::Overlap { base, len, other },
+            })
     }
 
-    fn slot(&mut self, port: u16) -> Option<(&mut Slot, u16)> {
-        self.slots
-            .iter_mut()
-            .find(|s| port >= s.base && u32::from(port) < u32::from(s.base) + u32::from(s.len))
-            .map(|s| {
-                let offset = port - s.base;
-                (s, offset)
-            })
+    /// The device holding `port` (an access is routed by its first port),
+    /// and the offset into it.
+    fn slot(&mut self, port: u16) -> Option<(&mut (dyn PortDevice + 'static), u16)> {
+        let (device, offset) = self.ranges.find(port.into(), port.into())?;
+        // Inside a range of at most 0x10000 ports, the offset fits.
+        Some((device, u16::try_from(offset).ok()?))
     }
 
     /// A guest read of `port`.
     pub fn read(&mut self, port: u16, data: &mut [u8]) {
         match self.slot(port) {
-            Some((slot, offset)) => slot.device.read(offset, data),
+            Some((device, offset)) => device.read(offset, data),
             None => data.fill(0xff),
         }
     }
 
     /// A guest write to `port`.
     pub fn write(&mut self, port: u16, data: &[u8]) {
-        if let Some((slot, offset)) = self.slot(port) {
-            slot.device.write(offset, data);
+        if let Some((device, offset)) = self.slot(port) {
+            device.write(offset, data);
         }
     }
 }
