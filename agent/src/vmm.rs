@@ -59,6 +59,12 @@ pub struct VmmArgs {
     /// directory. Needs root (CAP_SYS_ADMIN) to set up.
     #[arg(long, value_name = "DIR")]
     pub jail: Option<PathBuf>,
+    /// Do not install the seccomp filters. By default, once the guest is
+    /// set up, each vCPU thread and the event loop may only make the
+    /// system calls they need; a forbidden call is logged and ends the VMM
+    /// with exit status 3. For debugging only.
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// When the VMM ends, write how (JSON: `ended` = power-off, reset,
     /// shutdown, halted, terminated or failed, with `error` for a failure)
     /// to this file, through a rename so it is never half written. The
@@ -139,7 +145,8 @@ impl Write for ConsoleLog {
 
 /// Runs the guest to its end. Exit status: 0 when the guest rebooted, shut
 /// down or the process was told to stop (SIGTERM/SIGINT); 1 when the guest
-/// could not be started or a vCPU failed; 2 for an invalid configuration.
+/// could not be started or a vCPU failed; 2 for an invalid configuration;
+/// 3 when a thread made a system call its seccomp filter forbids.
 pub fn main(args: VmmArgs) -> ExitCode {
     use containers::logs::{LogLimits, LogWriter};
 
@@ -182,15 +189,19 @@ pub fn main(args: VmmArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let confinement = mecvisor_vmm::sandbox::Confinement {
+        jail,
+        seccomp: !args.no_seccomp,
+    };
     let booted = match args.console_log.clone() {
         Some(dir) => match LogWriter::open(&dir, LogLimits::default()) {
-            Ok(log) => mecvisor_vmm::Machine::boot_jailed(&config, ConsoleLog(log), jail),
+            Ok(log) => mecvisor_vmm::Machine::boot_confined(&config, ConsoleLog(log), confinement),
             Err(e) => {
                 tracing::error!("cannot open the console log in {}: {e}", dir.display());
                 return ExitCode::FAILURE;
             }
         },
-        None => mecvisor_vmm::Machine::boot_jailed(&config, std::io::stdout(), jail),
+        None => mecvisor_vmm::Machine::boot_confined(&config, std::io::stdout(), confinement),
     };
     let machine = match booted {
         Ok(m) => m,

@@ -4,8 +4,9 @@
 //! /proc/<pid>/root shows it) holds the jailed directory at its usual path
 //! and nothing of the host (no /etc, no /proc, no /dev, not the kernel it
 //! booted), it has no capabilities and no_new_privs, and it still writes
-//! its console log and exit record inside. Needs root and /dev/kvm; skips
-//! with the reason otherwise.
+//! its console log and exit record inside. Every thread (the event loop
+//! and the vCPU) runs under its seccomp filter. Needs root and /dev/kvm;
+//! skips with the reason otherwise.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -30,6 +31,23 @@ fn status_field(pid: u32, field: &str) -> Option<String> {
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+}
+
+/// `(thread name, Seccomp mode)` of each of the process's threads.
+fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            };
+            Some((field("Name:")?, field("Seccomp:")?))
+        })
+        .collect()
 }
 
 #[test]
@@ -119,6 +137,27 @@ fn the_vmm_sees_only_its_directory_and_holds_no_capabilities() {
         Some("0000000000000000")
     );
     assert_eq!(status_field(pid, "NoNewPrivs:").as_deref(), Some("1"));
+    // The main thread installs its filter as it enters the event loop,
+    // just after the vCPUs start.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let modes = loop {
+        let modes = seccomp_modes(pid);
+        if modes.iter().all(|(_, mode)| mode == "2") || Instant::now() >= deadline {
+            break modes;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // (KVM may add a worker of its own, e.g. kvm-nx-lpage-recovery.)
+    for thread in ["edge-agent", "vcpu0"] {
+        assert!(
+            modes.iter().any(|(name, _)| name == thread),
+            "no thread {thread}: {modes:?}"
+        );
+    }
+    assert!(
+        modes.iter().all(|(_, mode)| mode == "2"),
+        "every thread under a seccomp filter (mode 2): {modes:?}"
+    );
 
     // SIGTERM: the guest is stopped, the exit record written from inside.
     nix::sys::signal::kill(

@@ -105,6 +105,10 @@ fn boots_on_the_microvmm(arch: Arch, cmdline: &str) {
         "the guest's init did not finish:\n{out}"
     );
     assert!(
+        out.contains("seccomp=true"),
+        "the VMM did not run its threads under seccomp filters:\n{out}"
+    );
+    assert!(
         out.contains("vmm-status=0") && out.contains("ended=PowerOff"),
         "the guest's power-off did not end the VMM cleanly:\n{out}"
     );

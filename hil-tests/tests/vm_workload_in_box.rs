@@ -106,6 +106,80 @@ fn vmm_pid(edge: &EdgeBox, name: &str) -> Option<i64> {
     .ok()
 }
 
+/// Sums the `keys` of a cgroup's `memory.stat` text (bytes).
+fn stat_sum(stat: &str, keys: &[&str]) -> u64 {
+    stat.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(key, _)| keys.contains(key))
+        .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// The VMM of a running VM with `guest_mib` of RAM is confined: its cgroup
+/// (`mecvisor-vms/guest1`) limits it to guest RAM + the overhead, what it
+/// uses besides guest RAM fits in that overhead (printed: the measured
+/// figure), and every thread runs under a seccomp filter.
+fn check_confinement(edge: &EdgeBox, pid: i64, guest_mib: u64) {
+    let cgroup = "/sys/fs/cgroup/mecvisor-vms/guest1";
+    let membership = edge.sh(&format!("cat /proc/{pid}/cgroup"));
+    assert!(
+        membership.contains("/mecvisor-vms/guest1"),
+        "the VMM is not in its cgroup: {membership}"
+    );
+    let limit = edge.sh(&format!("cat {cgroup}/memory.max"));
+    let overhead_mib = u64::from(edge_agent::vms::cgroup::VMM_OVERHEAD_MIB);
+    assert_eq!(
+        limit.trim().parse::<u64>().ok(),
+        Some((guest_mib + overhead_mib) << 20),
+        "memory.max"
+    );
+    let stat = edge.sh(&format!("cat {cgroup}/memory.stat"));
+    // Guest RAM is the VMM's anonymous mapping of exactly its size.
+    let guest_rss_kib = edge
+        .sh(&format!(
+            "awk '/^Size:/ {{ s = $2 }} /^Rss:/ {{ if (s == {}) print $2 }}' /proc/{pid}/smaps",
+            guest_mib << 10
+        ))
+        .trim()
+        .parse::<u64>()
+        .unwrap_or_else(|_| panic!("no guest RAM mapping in the VMM's smaps"));
+    let kernel = match stat_sum(&stat, &["kernel"]) {
+        0 => stat_sum(
+            &stat,
+            &[
+                "kernel_stack",
+                "pagetables",
+                "percpu",
+                "sock",
+                "slab_unreclaimable",
+            ],
+        ),
+        bytes => bytes,
+    };
+    let used = stat_sum(&stat, &["anon"]) + kernel;
+    let overhead = used.saturating_sub(guest_rss_kib << 10);
+    let peak = edge.sh(&format!("cat {cgroup}/memory.peak 2>/dev/null; true"));
+    eprintln!(
+        "VMM overhead besides guest RAM: {:.1} MiB (anon + kernel {:.1} MiB, guest RAM resident \
+         {:.1} MiB, cgroup peak incl. page cache {} bytes; limit = guest + {overhead_mib} MiB)",
+        overhead as f64 / 1048576.0,
+        used as f64 / 1048576.0,
+        guest_rss_kib as f64 / 1024.0,
+        peak.trim()
+    );
+    assert!(
+        overhead < overhead_mib << 20,
+        "the VMM needs {overhead} bytes besides guest RAM, more than its {overhead_mib} MiB \
+         allowance:\n{stat}"
+    );
+    let modes = edge.sh(&format!("grep -h '^Seccomp:' /proc/{pid}/task/*/status"));
+    let threads = modes.lines().count();
+    assert!(
+        threads >= 2 && modes.lines().all(|l| l.trim_end().ends_with('2')),
+        "not every VMM thread is under a seccomp filter:\n{modes}"
+    );
+}
+
 fn vm_workload(arch: Arch, cmdline: &str) {
     let test = format!("{} VM workload in a box", arch.name());
     let Some(guest) = guest_for_box_or_skip(&test, arch) else {
@@ -221,8 +295,10 @@ fn vm_workload(arch: Arch, cmdline: &str) {
         );
     }
 
-    // Kill the VMM: on-failure starts it again, and the guest boots again.
     let pid = vmm_pid(&edge, "guest1").unwrap_or_else(|| lab.fail(&edge, "no VMM pid"));
+    check_confinement(&edge, pid, 128);
+
+    // Kill the VMM: on-failure starts it again, and the guest boots again.
     edge.sh(&format!("kill -9 {pid}"));
     if running(1).is_none() {
         lab.fail(

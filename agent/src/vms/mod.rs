@@ -6,6 +6,7 @@
 //! when a VMM exits and wakes the reconciler, which restarts the VM by its
 //! policy with backoff.
 
+pub mod cgroup;
 pub mod process;
 
 use std::cell::RefCell;
@@ -25,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::runtime::{ObjectKind, ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
 use crate::slicing::SharedSliceNet;
+use cgroup::{Hierarchy, VmCgroup};
 use process::{Launch, Liveness, VmDir, VmmProcess};
 
 /// How often the watcher looks for exited VMMs.
@@ -51,6 +53,15 @@ struct Inner {
     running: RefCell<BTreeMap<String, Running>>,
     /// Slices and ports, when network slicing is on.
     slice_net: Option<SharedSliceNet>,
+    /// Where each VMM's cgroup goes; none when no cgroup hierarchy with a
+    /// memory controller is mounted.
+    cgroups: Option<Hierarchy>,
+}
+
+impl Inner {
+    fn cgroup(&self, name: &str) -> Option<VmCgroup> {
+        self.cgroups.as_ref().map(|h| VmCgroup::of(h, name))
+    }
 }
 
 /// Runs VM workloads.
@@ -82,7 +93,14 @@ impl VmRuntime {
         let root = root
             .canonicalize()
             .map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
-        info!(state = %root.display(), "VM runtime ready");
+        let cgroups = Hierarchy::detect(Path::new("/sys/fs/cgroup"));
+        match &cgroups {
+            Some(hierarchy) => info!(state = %root.display(), ?hierarchy, "VM runtime ready"),
+            None => warn!(
+                state = %root.display(),
+                "VM runtime ready; no cgroup memory controller mounted: VMMs run without memory limits"
+            ),
+        }
         let inner = Rc::new(Inner {
             store,
             root,
@@ -90,6 +108,7 @@ impl VmRuntime {
             wake,
             running: RefCell::new(BTreeMap::new()),
             slice_net,
+            cgroups,
         });
         tokio::task::spawn_local(watch(Rc::downgrade(&inner)));
         Ok(VmRuntime { inner })
@@ -191,10 +210,7 @@ fn launch_args(
         args.push("--cmdline".into());
         args.push(vm.cmdline.clone());
     }
-    let memory = match workload.resources.memory_mib {
-        0 => DEFAULT_MEMORY_MIB,
-        mib => mib,
-    };
+    let memory = memory_mib(workload);
     args.extend([
         "--memory-mib".to_string(),
         memory.to_string(),
@@ -215,10 +231,7 @@ fn launch_args(
 /// instead of starting VMMs that exit at once.
 fn check_limits(workload: &WorkloadSpec, vm: &VmSpec) -> Result<(), RuntimeError> {
     use mecvisor_vmm::machine::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
-    let memory = match workload.resources.memory_mib {
-        0 => DEFAULT_MEMORY_MIB,
-        mib => mib,
-    };
+    let memory = memory_mib(workload);
     let mut problems = Vec::new();
     if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory) {
         problems.push(format!(
@@ -248,6 +261,30 @@ fn check_limits(workload: &WorkloadSpec, vm: &VmSpec) -> Result<(), RuntimeError
     }
 }
 
+/// A fresh cgroup for the VM's next VMM (the previous one's, with its OOM
+/// count, goes: that VMM is gone), limited for `vm`; returns the files the
+/// new process joins it through.
+fn prepare_cgroup(
+    cgroup: &VmCgroup,
+    workload: &WorkloadSpec,
+    vm: &VmSpec,
+) -> Result<Vec<std::fs::File>, RuntimeError> {
+    let refused = |e: String| RuntimeError(format!("cgroup of VM {}: {e}", workload.name));
+    cgroup.remove().map_err(refused)?;
+    cgroup
+        .prepare(memory_mib(workload), vm.vcpus)
+        .map_err(refused)?;
+    cgroup.join_files().map_err(refused)
+}
+
+/// The guest memory of `workload`, the default when the spec gives none.
+fn memory_mib(workload: &WorkloadSpec) -> u32 {
+    match workload.resources.memory_mib {
+        0 => DEFAULT_MEMORY_MIB,
+        mib => mib,
+    }
+}
+
 /// Stops a VMM: SIGTERM (it stops the guest and exits), SIGKILL after
 /// [`STOP_TIMEOUT`].
 async fn stop(process: VmmProcess, mut child: Option<Child>) {
@@ -268,8 +305,9 @@ async fn stop(process: VmmProcess, mut child: Option<Child>) {
     }
 }
 
-/// How a VMM that is gone ended, from its exit record.
-fn ended(dir: &VmDir) -> Observed {
+/// How a VMM that is gone ended, from its exit record (or, without one,
+/// from its cgroup's OOM count).
+fn ended(dir: &VmDir, cgroup: Option<&VmCgroup>) -> Observed {
     let record = std::fs::read(dir.exit_file())
         .ok()
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
@@ -291,9 +329,19 @@ fn ended(dir: &VmDir) -> Observed {
                 },
             }
         }
-        None => Observed::Stopped {
-            success: false,
-            message: "the VMM process died without an exit record (killed?)".into(),
+        None => match cgroup.filter(|c| c.oom_kills() > 0) {
+            Some(cgroup) => Observed::Stopped {
+                success: false,
+                message: format!(
+                    "the VMM was OOM-killed at its memory limit of {} MiB (guest memory + {} MiB)",
+                    cgroup.memory_limit().unwrap_or(0) >> 20,
+                    cgroup::VMM_OVERHEAD_MIB
+                ),
+            },
+            None => Observed::Stopped {
+                success: false,
+                message: "the VMM process died without an exit record (killed?)".into(),
+            },
         },
     }
 }
@@ -415,7 +463,11 @@ impl Runtime for VmRuntime {
                 args: launch_args(inner, &dir, workload, vm)?,
             };
             let _ = std::fs::remove_file(dir.exit_file());
-            let (child, process) = process::spawn(&dir, &launch)
+            let join = match inner.cgroup(name) {
+                Some(cgroup) => prepare_cgroup(&cgroup, workload, vm)?,
+                None => Vec::new(),
+            };
+            let (child, process) = process::spawn(&dir, &launch, join)
                 .map_err(|e| RuntimeError(format!("cannot start the VMM for {name}: {e}")))?;
             process
                 .save(&dir.pid_file())
@@ -460,6 +512,9 @@ impl Runtime for VmRuntime {
                     net.converge().await?;
                 }
             }
+            if let Some(cgroup) = inner.cgroup(name) {
+                cgroup.remove().map_err(RuntimeError)?;
+            }
             match std::fs::remove_dir_all(dir.path()) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError(format!(
                     "removing {}: {e}",
@@ -501,7 +556,7 @@ impl Runtime for VmRuntime {
                     let _ = child.wait();
                 }
             }
-            Ok(ended(&dir))
+            Ok(ended(&dir, inner.cgroup(name).as_ref()))
         })
     }
 
@@ -586,7 +641,7 @@ mod tests {
         let dir = VmDir::new(root.path(), "guest1");
         std::fs::create_dir_all(dir.path()).unwrap();
         assert!(matches!(
-            ended(&dir),
+            ended(&dir, None),
             Observed::Stopped { success: false, ref message } if message.contains("without an exit record")
         ));
         for (record, success, needle) in [
@@ -599,7 +654,7 @@ mod tests {
             ),
         ] {
             std::fs::write(dir.exit_file(), record).unwrap();
-            match ended(&dir) {
+            match ended(&dir, None) {
                 Observed::Stopped {
                     success: s,
                     message,

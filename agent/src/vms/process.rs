@@ -153,21 +153,33 @@ pub struct Launch {
 }
 
 /// Starts the VMM in its own process group (an agent restart or a signal
-/// to the agent's group does not reach it), stdout/stderr to its log.
-pub fn spawn(dir: &VmDir, launch: &Launch) -> std::io::Result<(Child, VmmProcess)> {
+/// to the agent's group does not reach it), stdout/stderr to its log,
+/// joining its cgroup through `cgroup_procs` (see
+/// [`super::cgroup::VmCgroup::join_files`]) before it runs anything.
+pub fn spawn(
+    dir: &VmDir,
+    launch: &Launch,
+    cgroup_procs: Vec<std::fs::File>,
+) -> std::io::Result<(Child, VmmProcess)> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.vmm_log())?;
-    let child = Command::new(&launch.program)
+    let mut command = Command::new(&launch.program);
+    command
         .arg("vmm")
         .args(&launch.args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .process_group(0)
-        .spawn()?;
+        .process_group(0);
+    // SAFETY: the hook runs in the forked child before exec and only
+    // write(2)s to files opened before the fork: async-signal-safe.
+    unsafe {
+        command.pre_exec(move || super::cgroup::join_self(&cgroup_procs));
+    }
+    let child = command.spawn()?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     // Just started: /proc/<pid> exists unless it died at once.
     let process = VmmProcess::of(pid).unwrap_or(VmmProcess { pid, start_time: 0 });

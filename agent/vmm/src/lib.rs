@@ -27,6 +27,7 @@ pub mod machine;
 pub mod memory;
 pub mod payload;
 pub mod sandbox;
+pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

@@ -24,7 +24,8 @@ use crate::devices::virtio::Interrupt;
 use crate::devices::{Devices, Platform, SharedDevices};
 use crate::event_loop::{self, EventLoopError, NetReceiver, Wake};
 use crate::memory::MemoryError;
-use crate::sandbox::{Jail, SandboxError};
+use crate::sandbox::{Confinement, SandboxError};
+use crate::seccomp::{SeccompError, ThreadFilter, ThreadKind};
 use crate::signals::TerminationSignals;
 use crate::vcpu::{RunningVcpu, Stop, VcpuError};
 use crate::vm::{Vm, VmError};
@@ -115,6 +116,9 @@ pub enum MachineError {
     /// The jail could not be entered.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// A seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// A tap could not be opened.
     #[error(transparent)]
     Tap(#[from] TapError),
@@ -213,6 +217,7 @@ pub struct Machine {
     vcpu_exited: Signal,
     vcpus: Vec<RunningVcpu<SharedDevices>>,
     receivers: Vec<NetReceiver>,
+    event_loop_filter: Option<ThreadFilter>,
 }
 
 fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> MachineError {
@@ -303,15 +308,17 @@ impl Machine {
         config: &MachineConfig,
         console: W,
     ) -> Result<Machine, MachineError> {
-        Machine::boot_jailed(config, console, None)
+        Machine::boot_confined(config, console, Confinement::default())
     }
 
-    /// Like [`Machine::boot`], entering `jail` once everything is open and
-    /// before the vCPU threads start (so they inherit it).
-    pub fn boot_jailed<W: Write + Send + 'static>(
+    /// Like [`Machine::boot`], confined: entering the jail once everything
+    /// is open and before the vCPU threads start (so they inherit it); each
+    /// vCPU thread installs its seccomp filter before running guest code,
+    /// and [`Machine::run`] installs the event loop's.
+    pub fn boot_confined<W: Write + Send + 'static>(
         config: &MachineConfig,
         console: W,
-        jail: Option<Jail>,
+        confinement: Confinement,
     ) -> Result<Machine, MachineError> {
         let span =
             info_span!("boot", kernel = %config.kernel.display(), memory_mib = config.memory_mib);
@@ -344,7 +351,15 @@ impl Machine {
             vm.register_irqfd(signal.event(), *line)?;
         }
         info!("kernel loaded");
-        if let Some(jail) = jail {
+        let (vcpu_filter, event_loop_filter) = if confinement.seccomp {
+            (
+                Some(ThreadFilter::new(ThreadKind::Vcpu)?),
+                Some(ThreadFilter::new(ThreadKind::EventLoop)?),
+            )
+        } else {
+            (None, None)
+        };
+        if let Some(jail) = confinement.jail {
             let keeps = jail.keeps().display().to_string();
             jail.enter()?;
             info!(keeps = %keeps, "in the jail: own mount namespace, chroot, no capabilities");
@@ -353,11 +368,19 @@ impl Machine {
         let mut running = Vec::new();
         for vcpu in vcpus {
             running.push(
-                vcpu.spawn_notifying(devices.clone(), Some(vcpu_exited.clone()))
-                    .map_err(os("start a vCPU thread"))?,
+                vcpu.spawn_notifying(
+                    devices.clone(),
+                    Some(vcpu_exited.clone()),
+                    vcpu_filter.clone(),
+                )
+                .map_err(os("start a vCPU thread"))?,
             );
         }
-        info!(vcpus = config.vcpus, "guest started");
+        info!(
+            vcpus = config.vcpus,
+            seccomp = vcpu_filter.is_some(),
+            "guest started"
+        );
         Ok(Machine {
             _vm: vm,
             devices,
@@ -366,14 +389,26 @@ impl Machine {
             vcpu_exited,
             vcpus: running,
             receivers,
+            event_loop_filter,
         })
     }
 
     /// Runs the event loop until a vCPU stops (the guest ended) or a
     /// termination signal arrives, then stops every vCPU and says how the
-    /// guest ended.
+    /// guest ended. When the machine was booted with seccomp, the calling
+    /// thread installs the event loop's filter first and keeps it.
     pub fn run(self, signals: TerminationSignals) -> Result<Ended, MachineError> {
-        let wake = event_loop::wait(self.vcpu_exited.clone(), signals, self.receivers)?;
+        let confined = match &self.event_loop_filter {
+            Some(filter) => filter.apply().map_err(MachineError::from),
+            None => Ok(()),
+        };
+        let wake = confined.and_then(|()| {
+            Ok(event_loop::wait(
+                self.vcpu_exited.clone(),
+                signals,
+                self.receivers,
+            )?)
+        });
         let mut first_error = None;
         let mut stops = Vec::new();
         for vcpu in self.vcpus {
@@ -386,7 +421,7 @@ impl Machine {
                 }
             }
         }
-        let ended = match wake {
+        let ended = match wake? {
             Wake::Terminated(signal) => Ended::Terminated(signal),
             Wake::VcpuStopped => match first_error {
                 Some(e) => Ended::Failed(e),

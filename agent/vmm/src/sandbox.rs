@@ -54,6 +54,18 @@ fn c_path(path: &Path) -> Result<CString, SandboxError> {
         .map_err(|_| SandboxError::BadDirectory(path.to_path_buf()))
 }
 
+/// How far a VMM confines itself once its guest is set up (see
+/// [`crate::Machine::boot_confined`]). The default confines nothing, for
+/// tests that share their process with the harness.
+#[derive(Debug, Default)]
+pub struct Confinement {
+    /// The jail to enter: own mount namespace, a root holding only the
+    /// VM's directory, no capabilities.
+    pub jail: Option<Jail>,
+    /// Install the per-thread seccomp filters ([`crate::seccomp`]).
+    pub seccomp: bool,
+}
+
 /// A jail being built: the process has its own mount namespace.
 #[derive(Debug)]
 pub struct Jail {

@@ -12,6 +12,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::signal::Signal;
+use crate::seccomp::{SeccompError, ThreadFilter};
 
 /// Why a vCPU stopped running guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,16 @@ pub enum VcpuError {
         what: &'static str,
         /// What went wrong.
         message: String,
+    },
+    /// The thread's seccomp filter could not be installed (the guest
+    /// never ran on it).
+    #[error("vCPU {index}: {source}")]
+    Seccomp {
+        /// The vCPU.
+        index: u8,
+        /// Why.
+        #[source]
+        source: SeccompError,
     },
     /// Reading or writing registers failed.
     #[error("vCPU {index}: {what}: {source}")]
@@ -186,22 +197,31 @@ impl Vcpu {
         self,
         handler: H,
     ) -> std::io::Result<RunningVcpu<H>> {
-        self.spawn_notifying(handler, None)
+        self.spawn_notifying(handler, None, None)
     }
 
     /// Like [`Vcpu::spawn`], raising `exited` (when given) once the vCPU
-    /// has stopped, so an event loop learns of it.
+    /// has stopped, so an event loop learns of it, and installing `filter`
+    /// (when given) on the thread before it runs guest code.
     pub fn spawn_notifying<H: ExitHandler + Send + 'static>(
         mut self,
         mut handler: H,
         exited: Option<Signal>,
+        filter: Option<ThreadFilter>,
     ) -> std::io::Result<RunningVcpu<H>> {
         install_kick_handler()?;
         let stop = self.stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
             .spawn(move || {
-                let result = self.run(&mut handler);
+                let index = self.index;
+                let confined = match &filter {
+                    Some(filter) => filter
+                        .apply()
+                        .map_err(|source| VcpuError::Seccomp { index, source }),
+                    None => Ok(()),
+                };
+                let result = confined.and_then(|()| self.run(&mut handler));
                 if let Some(exited) = exited {
                     // An eventfd write fails only if its counter would
                     // overflow, i.e. when it is already readable.
