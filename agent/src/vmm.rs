@@ -52,6 +52,13 @@ pub struct VmmArgs {
     /// name). Repeatable.
     #[arg(long = "net", value_name = "TAP[,mac=MAC]", value_parser = parse_net)]
     pub nets: Vec<mecvisor_vmm::machine::NetConfig>,
+    /// A virtio-vsock device: host processes reach the guest's vsock
+    /// ports by connecting to this Unix socket and writing
+    /// `CONNECT <port>\n` (answered `OK <port>\n` once the guest
+    /// accepts); the guest's connections to host port N go to the socket
+    /// `PATH_N`. `,cid=N` sets the guest's context ID (default 3).
+    #[arg(long, value_name = "PATH[,cid=N]", value_parser = parse_vsock)]
+    pub vsock: Option<mecvisor_vmm::machine::VsockConfig>,
     /// Jail the VMM once the guest's files are open: its own mount
     /// namespace, a root holding only this directory (at its usual path),
     /// no capabilities, no new privileges. `--console-log` and
@@ -89,6 +96,29 @@ fn parse_disk(text: &str) -> Result<mecvisor_vmm::machine::DiskConfig, String> {
     Ok(mecvisor_vmm::machine::DiskConfig {
         path: PathBuf::from(path),
         read_only,
+    })
+}
+
+/// The guest's vsock context ID when none is given (the first one not
+/// reserved; each VMM has its own device, so guests need not differ).
+pub const DEFAULT_VSOCK_CID: u64 = 3;
+
+/// `PATH` or `PATH,cid=N`.
+fn parse_vsock(text: &str) -> Result<mecvisor_vmm::machine::VsockConfig, String> {
+    let (path, cid) = match text.rsplit_once(",cid=") {
+        Some((path, cid)) => (
+            path,
+            cid.parse()
+                .map_err(|_| format!("{cid:?} is not a vsock context ID"))?,
+        ),
+        None => (text, DEFAULT_VSOCK_CID),
+    };
+    if path.is_empty() {
+        return Err("a vsock device needs a socket path".into());
+    }
+    Ok(mecvisor_vmm::machine::VsockConfig {
+        cid,
+        socket: PathBuf::from(path),
     })
 }
 
@@ -158,6 +188,7 @@ pub fn main(args: VmmArgs) -> ExitCode {
         vcpus: args.vcpus,
         disks: args.disks,
         nets: args.nets,
+        vsock: args.vsock.clone(),
     };
     if let Err(e) = config.validate() {
         tracing::error!("{e}");
@@ -171,6 +202,7 @@ pub fn main(args: VmmArgs) -> ExitCode {
             args.console_log
                 .iter()
                 .chain(args.exit_record.iter())
+                .chain(args.vsock.iter().map(|v| &v.socket))
                 .map(PathBuf::as_path),
         ) {
             Ok(jail) => Some(jail),

@@ -5,9 +5,12 @@
 //! and nothing of the host (no /etc, no /proc, no /dev, not the kernel it
 //! booted), it has no capabilities and no_new_privs, and it still writes
 //! its console log and exit record inside. Every thread (the event loop
-//! and the vCPU) runs under its seccomp filter. Needs root and /dev/kvm;
+//! and the vCPU) runs under its seccomp filter, and the vsock device's host
+//! socket answers inside the jail. Needs root and /dev/kvm;
 //! skips with the reason otherwise.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,11 +61,14 @@ fn the_vmm_sees_only_its_directory_and_holds_no_capabilities() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let kernel = dir.path().join("vmlinux");
-    // mov al, 'J'; mov dx, 0x3f8; out dx, al; mov al, '\n'; out dx, al;
-    // jmp $  (the log records whole lines)
-    let code = [
+    // ...then mov al, 'J'; mov dx, 0x3f8; out dx, al; mov al, '\n';
+    // out dx, al; jmp $  (the log records whole lines)
+    // The vsock device (the only virtio device: the first window) driven
+    // to DRIVER_OK with empty rings first.
+    let mut code = mecvisor_vmm::payload::virtio_mmio_activate(0xd000_0000, 3, 0x30_0000);
+    code.extend_from_slice(&[
         0xb0, b'J', 0x66, 0xba, 0xf8, 0x03, 0xee, 0xb0, b'\n', 0xee, 0xeb, 0xfe,
-    ];
+    ]);
     std::fs::write(&kernel, mecvisor_vmm::payload::elf64_x86(0x20_0000, &code))
         .expect("write the guest");
     let vm = dir.path().join("vm");
@@ -80,6 +86,8 @@ fn the_vmm_sees_only_its_directory_and_holds_no_capabilities() {
         .arg(&exit)
         .arg("--jail")
         .arg(&vm)
+        .arg("--vsock")
+        .arg(vm.join("vsock.sock"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -157,6 +165,30 @@ fn the_vmm_sees_only_its_directory_and_holds_no_capabilities() {
     assert!(
         modes.iter().all(|(_, mode)| mode == "2"),
         "every thread under a seccomp filter (mode 2): {modes:?}"
+    );
+
+    // The vsock device's host side works inside the jail and under the
+    // event loop's filter: a host connection is accepted and its
+    // handshake read; this guest gives the device no receive buffers to
+    // send its REQUEST in, so the stream is closed after the 5 s deadline,
+    // and the VMM lives on.
+    let mut stream = UnixStream::connect(vm.join("vsock.sock")).expect("connect to the vsock");
+    stream.write_all(b"CONNECT 1024\n").expect("handshake");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("closed, not timed out");
+    assert!(answer.is_empty(), "{answer:?}");
+    let mut bad = UnixStream::connect(vm.join("vsock.sock")).expect("connect again");
+    bad.write_all(b"HELLO\n").expect("write");
+    bad.read_to_end(&mut answer)
+        .expect("a bad handshake is closed");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the VMM died serving its vsock socket"
     );
 
     // SIGTERM: the guest is stopped, the exit record written from inside.

@@ -13,12 +13,14 @@ use crate::bins::cargo;
 use crate::{shell, workspace_root};
 
 /// Every fuzz target, one per parser of untrusted bytes.
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 7] = [
     "desired_envelope",
     "uplink_messages",
     "layer_unpack",
     "kernel_loader",
     "virtio_blk",
+    "virtio_net_tx",
+    "virtio_vsock_tx",
 ];
 
 /// Options of `cargo xtask fuzz`.

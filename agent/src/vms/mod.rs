@@ -222,6 +222,8 @@ fn launch_args(
         dir.exit_file().display().to_string(),
         "--jail".to_string(),
         dir.path().display().to_string(),
+        "--vsock".to_string(),
+        dir.vsock_socket().display().to_string(),
     ]);
     Ok(args)
 }

@@ -8,6 +8,7 @@
 //! - `exit.json`: written by the VMM as it ends (how the guest ended);
 //! - `spec`: fingerprint of the spec it runs, to tell a changed spec;
 //! - `vmm.log`: the VMM's own log (stderr);
+//! - `vsock.sock`: the guest's vsock ports, for the agent (health checks);
 //! - `console/`: the guest's serial console, size-bounded
 //!   (`edge-agent logs <vm>`);
 //! - `disk<N>.img`: private copies of writable disks.
@@ -55,6 +56,12 @@ impl VmDir {
     /// The VMM's own log.
     pub fn vmm_log(&self) -> PathBuf {
         self.path.join("vmm.log")
+    }
+
+    /// The socket host processes reach the guest's vsock ports through
+    /// (`CONNECT <port>`; see `edge-agent vmm --vsock`).
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.path.join("vsock.sock")
     }
 
     /// The console log directory.

@@ -123,16 +123,19 @@ pub enum EventLoopError {
     Epoll(event_manager::Error),
 }
 
+/// A device's host side the event loop serves (a [`NetReceiver`], a
+/// vsock device's [`VsockBackend`](crate::devices::virtio::vsock::subscriber::VsockBackend)).
+pub type Backend = Box<dyn MutEventSubscriber + Send>;
+
 /// Waits until a vCPU raises `vcpu_exited` or a termination signal
-/// arrives on `signals`, serving the `receivers` meanwhile.
+/// arrives on `signals`, serving the device `backends` meanwhile.
 pub fn wait(
     vcpu_exited: Signal,
     signals: TerminationSignals,
-    receivers: Vec<NetReceiver>,
+    backends: Vec<Backend>,
 ) -> Result<Wake, EventLoopError> {
     let wake = Arc::new(Mutex::new(None));
-    let mut manager: EventManager<Box<dyn MutEventSubscriber + Send>> =
-        EventManager::new().map_err(EventLoopError::Epoll)?;
+    let mut manager: EventManager<Backend> = EventManager::new().map_err(EventLoopError::Epoll)?;
     manager.add_subscriber(Box::new(VcpuWatcher {
         exited: vcpu_exited,
         wake: wake.clone(),
@@ -141,8 +144,8 @@ pub fn wait(
         signals,
         wake: wake.clone(),
     }));
-    for receiver in receivers {
-        manager.add_subscriber(Box::new(receiver));
+    for backend in backends {
+        manager.add_subscriber(backend);
     }
     loop {
         manager.run().map_err(EventLoopError::Epoll)?;

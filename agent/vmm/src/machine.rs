@@ -20,9 +20,11 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioTransport, MmioTransportError};
 use crate::devices::virtio::net::tap::{Tap, TapError};
 use crate::devices::virtio::net::{Net, NetError};
+use crate::devices::virtio::vsock::subscriber::VsockBackend;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::Interrupt;
 use crate::devices::{Devices, Platform, SharedDevices};
-use crate::event_loop::{self, EventLoopError, NetReceiver, Wake};
+use crate::event_loop::{self, Backend, EventLoopError, NetReceiver, Wake};
 use crate::memory::MemoryError;
 use crate::sandbox::{Confinement, SandboxError};
 use crate::seccomp::{SeccompError, ThreadFilter, ThreadKind};
@@ -56,6 +58,19 @@ pub struct NetConfig {
     pub mac: [u8; 6],
 }
 
+/// A virtio-vsock device: the guest's sockets reach host processes
+/// through Unix sockets (see [`crate::devices::virtio::vsock`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more; each VMM has its own, so every
+    /// guest may use the same).
+    pub cid: u64,
+    /// The Unix socket host processes connect to; guest connections to
+    /// host port N go to `<socket>_N`. A stale socket left by an earlier
+    /// VMM is replaced.
+    pub socket: PathBuf,
+}
+
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineConfig {
@@ -73,6 +88,8 @@ pub struct MachineConfig {
     pub disks: Vec<DiskConfig>,
     /// Network interfaces, in the order the guest sees them.
     pub nets: Vec<NetConfig>,
+    /// A socket device, if any.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Why a guest could not be started or run.
@@ -125,6 +142,9 @@ pub enum MachineError {
     /// A network device could not be made.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The socket device could not be made.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// A thread, eventfd or signalfd could not be created.
     #[error("{what}: {source}")]
     Os {
@@ -179,13 +199,34 @@ impl MachineConfig {
                 self.kernel.display()
             ));
         }
-        let devices = self.disks.len() + self.nets.len();
+        let devices = self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some());
         if arch::virtio_mmio_slot(devices.saturating_sub(1)).is_none() {
             problems.push(format!(
-                "{} disks and {} network interfaces: more than this machine has virtio-mmio slots for",
+                "{} disks, {} network interfaces and {} socket devices: more than this machine has virtio-mmio slots for",
                 self.disks.len(),
-                self.nets.len()
+                self.nets.len(),
+                usize::from(self.vsock.is_some())
             ));
+        }
+        if let Some(vsock) = &self.vsock {
+            if !(3..u64::from(u32::MAX)).contains(&vsock.cid) {
+                problems.push(format!(
+                    "vsock CID {} is reserved or past 32 bits (3..=4294967294)",
+                    vsock.cid
+                ));
+            }
+            if !vsock.socket.parent().is_some_and(|d| d.is_dir()) {
+                problems.push(format!(
+                    "the vsock socket {} is not in an existing directory",
+                    vsock.socket.display()
+                ));
+            }
+            if vsock.socket.exists() && !is_socket(&vsock.socket) {
+                problems.push(format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    vsock.socket.display()
+                ));
+            }
         }
         for disk in self.disks.iter().filter(|d| !d.path.is_file()) {
             problems.push(format!(
@@ -216,8 +257,13 @@ pub struct Machine {
     power_off: Signal,
     vcpu_exited: Signal,
     vcpus: Vec<RunningVcpu<SharedDevices>>,
-    receivers: Vec<NetReceiver>,
+    backends: Vec<Backend>,
     event_loop_filter: Option<ThreadFilter>,
+}
+
+fn is_socket(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> MachineError {
@@ -266,6 +312,43 @@ fn add_nets(
         announced.push(slot);
     }
     Ok(receivers)
+}
+
+/// Puts the virtio-vsock device (if configured) on the platform's MMIO
+/// bus in the slot after `announced` (which it extends); returns its host
+/// side for the event loop.
+fn add_vsock(
+    platform: &mut Platform,
+    vm: &Vm,
+    vsock: Option<&VsockConfig>,
+    announced: &mut Vec<MmioDeviceInfo>,
+) -> Result<Option<Backend>, MachineError> {
+    let Some(config) = vsock else {
+        return Ok(None);
+    };
+    let slot = arch::virtio_mmio_slot(announced.len())
+        .ok_or_else(|| MachineError::Invalid("no virtio-mmio slot for the vsock device".into()))?;
+    if is_socket(&config.socket) {
+        // Left by an earlier VMM of this guest (validated as a socket).
+        std::fs::remove_file(&config.socket).map_err(os("remove a stale vsock socket"))?;
+    }
+    let device = Vsock::new(config.cid, &config.socket)?;
+    let interrupt = Signal::new().map_err(os("create the vsock interrupt"))?;
+    let transport = Arc::new(Mutex::new(MmioTransport::new(
+        device,
+        vm.ram().memory().clone(),
+        Interrupt::new(interrupt.clone()),
+    )?));
+    platform.mmio.insert(
+        "virtio-vsock",
+        slot.base,
+        slot.size,
+        Box::new(transport.clone()),
+    )?;
+    platform.interrupts.push((interrupt, slot.irq));
+    info!(cid = config.cid, socket = %config.socket.display(), base = format_args!("{:#x}", slot.base), irq = slot.irq, "vsock attached");
+    announced.push(slot);
+    Ok(Some(Box::new(VsockBackend::new(transport))))
 }
 
 /// Puts a virtio-blk device per disk on the platform's MMIO bus, each in
@@ -334,7 +417,16 @@ impl Machine {
         let power_off = Signal::new().map_err(os("create the power-off signal"))?;
         let mut platform = arch::platform(console, &reset, &power_off)?;
         let mut virtio = add_disks(&mut platform, &vm, &config.disks)?;
-        let receivers = add_nets(&mut platform, &vm, &config.nets, &mut virtio)?;
+        let mut backends: Vec<Backend> = add_nets(&mut platform, &vm, &config.nets, &mut virtio)?
+            .into_iter()
+            .map(|receiver| Box::new(receiver) as Backend)
+            .collect();
+        backends.extend(add_vsock(
+            &mut platform,
+            &vm,
+            config.vsock.as_ref(),
+            &mut virtio,
+        )?);
         let mut devices = Devices::with_mmio(platform.ports, platform.mmio, reset.clone());
         devices.stop_on(power_off.clone());
         let devices = SharedDevices::new(devices);
@@ -388,7 +480,7 @@ impl Machine {
             power_off,
             vcpu_exited,
             vcpus: running,
-            receivers,
+            backends,
             event_loop_filter,
         })
     }
@@ -406,7 +498,7 @@ impl Machine {
             Ok(event_loop::wait(
                 self.vcpu_exited.clone(),
                 signals,
-                self.receivers,
+                self.backends,
             )?)
         });
         let mut first_error = None;

@@ -26,6 +26,7 @@ fn config(kernel: PathBuf, initrd: Option<PathBuf>) -> MachineConfig {
         vcpus: 1,
         disks: Vec::new(),
         nets: Vec::new(),
+        vsock: None,
     }
 }
 

@@ -2,7 +2,8 @@
 //! is set up, a vCPU thread may only run guest code, serve its devices
 //! (disk and tap I/O, the console log) and end; the event-loop thread may
 //! only wait on its fds, stop the vCPUs, write the exit record and end.
-//! Everything else (sockets, exec, mount, ptrace, new KVM VMs, ...) traps:
+//! Everything else (network sockets, exec, mount, ptrace, new KVM VMs, ...)
+//! traps:
 //! the process logs the forbidden system call and exits with
 //! [`FORBIDDEN_SYSCALL_EXIT`].
 //!

@@ -61,6 +61,14 @@ const COMMON: &[i64] = &[
     libc::SYS_ftruncate,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
+    // The vsock device's host side: Unix sockets in the VM's directory
+    // (socket(2) itself is allowed for AF_UNIX only, see `unix_sockets`).
+    libc::SYS_connect,
+    libc::SYS_accept4,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_shutdown,
+    libc::SYS_timerfd_settime,
 ];
 
 /// The older x86_64 names of the calls above that a C library may use.
@@ -90,14 +98,24 @@ const EVENT_LOOP_ARCH: &[i64] = &[libc::SYS_epoll_wait];
 #[cfg(target_arch = "aarch64")]
 const EVENT_LOOP_ARCH: &[i64] = &[];
 
-/// The ioctls a vCPU thread makes: KVM_RUN, and reading the instruction
-/// pointer when the guest fails.
+/// The ioctls a vCPU thread makes: KVM_RUN, reading the instruction
+/// pointer when the guest fails, and making a vsock stream non-blocking.
 fn vcpu_ioctls() -> Vec<u64> {
     #[cfg(target_arch = "x86_64")]
     let registers = KVM_GET_REGS();
     #[cfg(target_arch = "aarch64")]
     let registers = KVM_GET_ONE_REG();
-    vec![KVM_RUN(), registers]
+    vec![KVM_RUN(), registers, libc::FIONBIO]
+}
+
+/// `socket` only for the Unix domain (the vsock device's host side).
+fn unix_sockets() -> Result<Vec<SeccompRule>, BackendError> {
+    Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_UNIX as u64,
+    )?])?])
 }
 
 fn allow_all<'a>(rules: &mut Rules, calls: impl IntoIterator<Item = &'a i64>) {
@@ -129,10 +147,12 @@ pub fn vcpu() -> Result<Rules, BackendError> {
         COMMON.iter().chain(COMMON_ARCH).chain(VCPU_ONLY),
     );
     rules.insert(libc::SYS_ioctl, ioctl_requests(&vcpu_ioctls())?);
+    rules.insert(libc::SYS_socket, unix_sockets()?);
     Ok(rules)
 }
 
-/// The event-loop thread's rules (no ioctl at all).
+/// The event-loop thread's rules (the only ioctl: making an accepted vsock
+/// stream non-blocking).
 pub fn event_loop() -> Result<Rules, BackendError> {
     let mut rules = Rules::new();
     allow_all(
@@ -143,6 +163,8 @@ pub fn event_loop() -> Result<Rules, BackendError> {
             .chain(EVENT_LOOP_ONLY)
             .chain(EVENT_LOOP_ARCH),
     );
+    rules.insert(libc::SYS_ioctl, ioctl_requests(&[libc::FIONBIO])?);
+    rules.insert(libc::SYS_socket, unix_sockets()?);
     Ok(rules)
 }
 
@@ -151,26 +173,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_vcpu_thread_may_do_disk_io_and_ioctls() {
+    fn only_the_vcpu_thread_may_do_disk_io_and_kvm_ioctls() {
         let vcpu = vcpu().expect("vcpu rules");
         let event_loop = event_loop().expect("event-loop rules");
         assert!(vcpu.contains_key(&libc::SYS_pwrite64));
         assert!(!event_loop.contains_key(&libc::SYS_pwrite64));
         assert_eq!(
             vcpu[&libc::SYS_ioctl].len(),
-            2,
-            "KVM_RUN and a register read"
+            3,
+            "KVM_RUN, a register read, FIONBIO"
         );
-        assert!(!event_loop.contains_key(&libc::SYS_ioctl));
+        assert_eq!(event_loop[&libc::SYS_ioctl].len(), 1, "FIONBIO only");
         assert!(event_loop.contains_key(&libc::SYS_epoll_pwait));
     }
 
     #[test]
-    fn neither_thread_may_reach_out() {
+    fn neither_thread_may_start_programs_or_change_namespaces() {
         for rules in [vcpu().expect("vcpu"), event_loop().expect("event loop")] {
+            assert_eq!(rules[&libc::SYS_socket].len(), 1, "AF_UNIX only");
             for call in [
-                libc::SYS_socket,
-                libc::SYS_connect,
                 libc::SYS_execve,
                 libc::SYS_clone,
                 libc::SYS_ptrace,

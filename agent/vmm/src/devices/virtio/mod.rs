@@ -4,13 +4,15 @@
 //! - [`mmio`]: the virtio-mmio transport (version 2), the registers the
 //!   guest's driver programs, wrapping one device model;
 //! - [`block`]: virtio-blk over a raw image file;
-//! - [`net`]: virtio-net over a Linux tap device.
+//! - [`net`]: virtio-net over a Linux tap device;
+//! - [`vsock`]: virtio-vsock, host side on Unix sockets.
 
 pub mod block;
 pub mod mmio;
 pub mod net;
 #[cfg(test)]
 mod testing;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

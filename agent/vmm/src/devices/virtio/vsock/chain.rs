@@ -1,0 +1,169 @@
+//! Descriptor chains of the vsock queues, checked whole before any byte
+//! moves: every descriptor in the queue's one direction (device-readable
+//! on transmit, device-writable on receive), inside guest RAM, the chain
+//! properly ended (virtio-queue silently stops a walk at a loop, a next
+//! index past the table or a bad indirect table, which this catches) and
+//! at most [`MAX_DESCRIPTORS`] long. A packet (header, then payload) may
+//! be split across the buffers anywhere, the header included.
+
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap};
+
+use super::packet::{Header, HEADER_LEN};
+
+/// Most descriptors a chain may have (the largest queue's size).
+pub(super) const MAX_DESCRIPTORS: usize = 256;
+
+/// Why a chain was refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ChainError {
+    /// No descriptor at all (e.g. a bad indirect table at the head).
+    #[error("no descriptor")]
+    Empty,
+    /// The walk stopped at a descriptor that still says NEXT.
+    #[error("the chain does not end")]
+    Unterminated,
+    /// More than [`MAX_DESCRIPTORS`].
+    #[error("more than {MAX_DESCRIPTORS} descriptors")]
+    TooManyDescriptors,
+    /// A descriptor in the wrong direction for the queue.
+    #[error("a device-{0} descriptor")]
+    Direction(&'static str),
+    /// A buffer not wholly inside guest RAM.
+    #[error("buffer {0:#x}+{1:#x} is not inside guest RAM")]
+    OutsideRam(u64, u32),
+    /// Too small for a packet header.
+    #[error("{0} bytes: shorter than a packet header")]
+    Short(u64),
+    /// The header's length field is past the buffers or the bound.
+    #[error("payload of {len} bytes in a chain of {total} bytes (at most {max})")]
+    Length {
+        /// The header's `len`.
+        len: u32,
+        /// The chain's bytes.
+        total: u64,
+        /// The largest payload taken.
+        max: usize,
+    },
+    /// A copy failed (not expected: buffers are checked inside RAM).
+    #[error("guest memory: {0}")]
+    Memory(#[from] GuestMemoryError),
+}
+
+/// Walks `chain` into `out` (cleared first): all `writable` (or all
+/// device-readable), inside `memory`; returns their total length.
+pub(super) fn buffers(
+    memory: &GuestMemoryMmap,
+    chain: impl Iterator<Item = Descriptor>,
+    writable: bool,
+    out: &mut Vec<Descriptor>,
+) -> Result<u64, ChainError> {
+    out.clear();
+    let mut total = 0u64;
+    for descriptor in chain.take(MAX_DESCRIPTORS + 1) {
+        if out.len() == MAX_DESCRIPTORS {
+            return Err(ChainError::TooManyDescriptors);
+        }
+        if descriptor.is_write_only() != writable {
+            let wrong = if writable { "readable" } else { "writable" };
+            return Err(ChainError::Direction(wrong));
+        }
+        let (addr, len) = (descriptor.addr(), descriptor.len());
+        if len != 0 && !memory.check_range(addr, len as usize) {
+            return Err(ChainError::OutsideRam(addr.0, len));
+        }
+        total += u64::from(len);
+        out.push(descriptor);
+    }
+    match out.last() {
+        None => Err(ChainError::Empty),
+        Some(last) if last.has_next() => Err(ChainError::Unterminated),
+        Some(_) => Ok(total),
+    }
+}
+
+/// The pieces of the buffers `descriptors` from byte `offset` of their
+/// concatenation, `len` bytes in all (fewer at their end).
+fn pieces(
+    descriptors: &[Descriptor],
+    mut offset: u64,
+    len: usize,
+) -> impl Iterator<Item = (GuestAddress, usize)> + '_ {
+    let mut left = len;
+    descriptors.iter().filter_map(move |d| {
+        let size = u64::from(d.len());
+        if offset >= size {
+            offset -= size;
+            return None;
+        }
+        // Below a u32 descriptor length.
+        let now = ((size - offset) as usize).min(left);
+        if now == 0 {
+            return None;
+        }
+        let at = GuestAddress(d.addr().0 + offset);
+        offset = 0;
+        left -= now;
+        Some((at, now))
+    })
+}
+
+/// Copies `out.len()` bytes from byte `offset` of the buffers.
+fn gather(
+    memory: &GuestMemoryMmap,
+    descriptors: &[Descriptor],
+    offset: u64,
+    out: &mut [u8],
+) -> Result<(), ChainError> {
+    let mut at = 0;
+    for (address, len) in pieces(descriptors, offset, out.len()) {
+        memory.read_slice(&mut out[at..at + len], address)?;
+        at += len;
+    }
+    Ok(())
+}
+
+/// Copies `bytes` to the buffers from byte `offset` on.
+pub(super) fn scatter(
+    memory: &GuestMemoryMmap,
+    descriptors: &[Descriptor],
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), ChainError> {
+    let mut at = 0;
+    for (address, len) in pieces(descriptors, offset, bytes.len()) {
+        memory.write_slice(&bytes[at..at + len], address)?;
+        at += len;
+    }
+    Ok(())
+}
+
+/// Reads a transmitted packet from the checked buffers `descriptors`
+/// (`total` bytes): its header, and its payload into `payload` (whose
+/// length is the bound) if `wants_payload(&header)`; returns the header.
+pub(super) fn read_packet(
+    memory: &GuestMemoryMmap,
+    descriptors: &[Descriptor],
+    total: u64,
+    payload: &mut [u8],
+    wants_payload: impl Fn(&Header) -> bool,
+) -> Result<Header, ChainError> {
+    let mut bytes = [0u8; HEADER_LEN];
+    if total < HEADER_LEN as u64 {
+        return Err(ChainError::Short(total));
+    }
+    gather(memory, descriptors, 0, &mut bytes)?;
+    let header = Header::parse(&bytes);
+    let len = header.len as usize;
+    if len > payload.len() || HEADER_LEN as u64 + u64::from(header.len) > total {
+        return Err(ChainError::Length {
+            len: header.len,
+            total,
+            max: payload.len(),
+        });
+    }
+    if wants_payload(&header) {
+        gather(memory, descriptors, HEADER_LEN as u64, &mut payload[..len])?;
+    }
+    Ok(header)
+}
