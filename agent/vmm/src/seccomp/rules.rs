@@ -17,6 +17,10 @@ vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
 #[cfg(target_arch = "aarch64")]
 vmm_sys_util::ioctl_iow_nr!(KVM_GET_ONE_REG, KVMIO, 0xab, kvm_bindings::kvm_one_reg);
 
+/// FIONBIO (asm-generic, so x86_64 and aarch64 alike); spelled out because
+/// glibc and musl give libc's constant different integer types.
+const FIONBIO: u64 = 0x5421;
+
 /// What every thread needs: memory, locks, signals, time, its own end,
 /// writing logs, and the files it already has open.
 const COMMON: &[i64] = &[
@@ -105,7 +109,7 @@ fn vcpu_ioctls() -> Vec<u64> {
     let registers = KVM_GET_REGS();
     #[cfg(target_arch = "aarch64")]
     let registers = KVM_GET_ONE_REG();
-    vec![KVM_RUN(), registers, libc::FIONBIO]
+    vec![KVM_RUN(), registers, FIONBIO]
 }
 
 /// `socket` only for the Unix domain (the vsock device's host side).
@@ -163,7 +167,7 @@ pub fn event_loop() -> Result<Rules, BackendError> {
             .chain(EVENT_LOOP_ONLY)
             .chain(EVENT_LOOP_ARCH),
     );
-    rules.insert(libc::SYS_ioctl, ioctl_requests(&[libc::FIONBIO])?);
+    rules.insert(libc::SYS_ioctl, ioctl_requests(&[FIONBIO])?);
     rules.insert(libc::SYS_socket, unix_sockets()?);
     Ok(rules)
 }
@@ -185,6 +189,12 @@ mod tests {
         );
         assert_eq!(event_loop[&libc::SYS_ioctl].len(), 1, "FIONBIO only");
         assert!(event_loop.contains_key(&libc::SYS_epoll_pwait));
+    }
+
+    #[test]
+    #[allow(clippy::unnecessary_cast)] // c_ulong with glibc, c_int with musl
+    fn fionbio_is_the_c_librarys() {
+        assert_eq!(FIONBIO, libc::FIONBIO as u64);
     }
 
     #[test]
