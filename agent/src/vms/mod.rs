@@ -7,6 +7,7 @@
 //! policy with backoff.
 
 pub mod cgroup;
+pub mod health;
 pub mod process;
 
 use std::cell::RefCell;
