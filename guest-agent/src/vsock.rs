@@ -100,7 +100,7 @@ pub struct VsockStream {
 impl VsockStream {
     fn set_timeout(&self, option: libc::c_int, timeout: Duration) -> io::Result<()> {
         let tv = libc::timeval {
-            tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+            tv_sec: i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX).into(),
             tv_usec: timeout.subsec_micros().into(),
         };
         // SAFETY: the pointer and length describe `tv`, alive for the call.

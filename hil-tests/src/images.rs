@@ -92,17 +92,21 @@ impl BootImage {
             initramfs: file("initramfs")?,
         };
         // An edge box image must hold the agent `cargo xtask cross` built
-        // last, or a test would exercise yesterday's agent.
-        if let Some(recorded) = manifest["digests"]["edge-agent"].as_str() {
+        // last (a guest image, the guest agent), or a test would exercise
+        // yesterday's agent.
+        for agent in ["edge-agent", "mecvisor-guest"] {
+            let Some(recorded) = manifest["digests"][agent].as_str() else {
+                continue;
+            };
             let built = dir
                 .parent()
-                .map(|target| target.join("cross").join(arch.name()).join("edge-agent"));
+                .map(|target| target.join("cross").join(arch.name()).join(agent));
             if let Some(built) = built.filter(|p| p.is_file()) {
                 match sha256_file(&built) {
                     Ok(digest) if digest == recorded => {}
                     _ => {
                         return Err(format!(
-                            "the {recipe} image for {} holds an older edge-agent than {}; \
+                            "the {recipe} image for {} holds an older {agent} than {}; \
                              run `cargo xtask images`",
                             arch.name(),
                             built.display()

@@ -1,5 +1,6 @@
 //! `cargo xtask cross`: static musl binaries of edge-agent, fleet-controller
-//! and fleetctl for aarch64 and x86_64 edge boxes.
+//! and fleetctl for aarch64 and x86_64 edge boxes, and of the guest agent
+//! `mecvisor-guest` for the microVMs' guest image.
 //!
 //! C dependencies (ring, bundled SQLite) are compiled with zig as the C
 //! compiler and linker through cargo-zigbuild; both come from the package
@@ -62,6 +63,12 @@ impl Arch {
 /// The binaries shipped to and around edge boxes.
 const BINARIES: [&str; 3] = ["edge-agent", "fleet-controller", "fleetctl"];
 
+/// The guest agent, shipped inside the guest image. Built by a cargo run of
+/// its own (`-p mecvisor-guest` alone), so its bytes never depend on which
+/// other packages were built with it (feature unification): the guest
+/// image's cache key stays put.
+pub const GUEST_BINARY: &str = "mecvisor-guest";
+
 /// Options of `cargo xtask cross`.
 #[derive(Debug, Args)]
 pub struct CrossArgs {
@@ -84,17 +91,29 @@ pub fn run(args: &CrossArgs) -> Result<()> {
 }
 
 /// Installs what is missing, builds one architecture, checks and smoke-runs
-/// its binaries; returns their directory.
+/// its binaries (the guest agent among them); returns their directory.
 pub fn build_checked(arch: Arch) -> Result<PathBuf> {
     ensure_toolchain(&[arch])?;
     let dir = build(arch)?;
-    smoke(arch, &dir)?;
+    build_guest(arch)?;
+    smoke(arch, &dir, &BINARIES)?;
+    smoke(arch, &dir, &[GUEST_BINARY])?;
+    write_sums(&dir)?;
+    Ok(dir)
+}
+
+/// Like [`build_checked`], for the guest agent only (what the guest image
+/// needs); returns the directory holding [`GUEST_BINARY`].
+pub fn build_guest_checked(arch: Arch) -> Result<PathBuf> {
+    ensure_toolchain(&[arch])?;
+    let dir = build_guest(arch)?;
+    smoke(arch, &dir, &[GUEST_BINARY])?;
     Ok(dir)
 }
 
 /// Runs every built binary's `--version`: natively on a matching host, under
 /// qemu-user (Debian `qemu-user-static`) otherwise, or says why it cannot.
-fn smoke(arch: Arch, dir: &Path) -> Result<()> {
+fn smoke(arch: Arch, dir: &Path, names: &[&str]) -> Result<()> {
     let native = std::env::consts::ARCH == arch.name();
     let emulator = format!("/usr/bin/qemu-{}-static", arch.name());
     if !native && !Path::new(&emulator).exists() {
@@ -104,7 +123,7 @@ fn smoke(arch: Arch, dir: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    for name in BINARIES {
+    for &name in names {
         let binary = dir.join(name);
         let mut cmd = if native {
             Command::new(&binary)
@@ -160,29 +179,54 @@ fn ensure_toolchain(arches: &[Arch]) -> Result<()> {
     Ok(())
 }
 
-/// Builds one architecture, checks every binary is a static ELF of the right
-/// machine, copies them to [`out_dir`] and writes `SHA256SUMS` there.
+/// Builds the edge box binaries of one architecture into [`out_dir`].
 fn build(arch: Arch) -> Result<PathBuf> {
     println!("\n==> cross build for {}", arch.triple());
-    shell::run(
-        Command::new(cargo())
-            .current_dir(crate::workspace_root())
-            .args(["zigbuild", "--release", "--target", arch.triple()])
-            .args(["-p", "edge-agent", "-p", "fleet-controller"]),
-    )?;
+    zigbuild(arch, &["edge-agent", "fleet-controller"], &BINARIES)
+}
+
+/// Builds the guest agent of one architecture into [`out_dir`].
+fn build_guest(arch: Arch) -> Result<PathBuf> {
+    println!("\n==> cross build of {GUEST_BINARY} for {}", arch.triple());
+    zigbuild(arch, &[GUEST_BINARY], &[GUEST_BINARY])
+}
+
+/// Runs one release build of `packages`, checks each of `binaries` is a
+/// static ELF of the right machine and copies them to [`out_dir`].
+fn zigbuild(arch: Arch, packages: &[&str], binaries: &[&str]) -> Result<PathBuf> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(crate::workspace_root()).args([
+        "zigbuild",
+        "--release",
+        "--target",
+        arch.triple(),
+    ]);
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    shell::run(&mut cmd)?;
     let built = target_dir().join(arch.triple()).join("release");
     let out = out_dir(arch);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    for name in BINARIES {
+    for &name in binaries {
         let from = built.join(name);
         check_static_elf(&from, arch)?;
         std::fs::copy(&from, out.join(name))
             .with_context(|| format!("copying {}", from.display()))?;
     }
-    let sums = shell::output(Command::new("sha256sum").current_dir(&out).args(BINARIES))?;
-    std::fs::write(out.join("SHA256SUMS"), sums)
-        .with_context(|| format!("writing {}/SHA256SUMS", out.display()))?;
     Ok(out)
+}
+
+/// Writes `SHA256SUMS` of every binary in `dir`.
+fn write_sums(dir: &Path) -> Result<()> {
+    let sums = shell::output(
+        Command::new("sha256sum")
+            .current_dir(dir)
+            .args(BINARIES)
+            .arg(GUEST_BINARY),
+    )?;
+    std::fs::write(dir.join("SHA256SUMS"), sums)
+        .with_context(|| format!("writing {}/SHA256SUMS", dir.display()))
 }
 
 /// Checks an ELF file is for `arch` and has no program interpreter (that is,

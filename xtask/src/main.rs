@@ -61,8 +61,9 @@ enum Command {
     /// Run benchmarks (release build) and print a table of figures against
     /// the project's targets. Without a name, runs every benchmark.
     Bench(bench::BenchArgs),
-    /// Build static musl binaries (edge-agent, fleet-controller, fleetctl)
-    /// for aarch64 and x86_64 edge boxes into target/cross/<arch>/, with a
+    /// Build static musl binaries (edge-agent, fleet-controller, fleetctl,
+    /// and the guest agent mecvisor-guest) for aarch64 and x86_64 into
+    /// target/cross/<arch>/, with a
     /// SHA256SUMS file; installs zig and cargo-zigbuild when missing.
     Cross(cross::CrossArgs),
     /// Build the Debian package of the agent (static binary, systemd unit,

@@ -1,6 +1,7 @@
 //! The two bootable images: the edge box (busybox init, the cross-built agent,
-//! the modules slices/containers/VMs need) and the microVMM test guest. Both
-//! pair Debian's cloud kernel with an initramfs assembled here.
+//! the modules slices/containers/VMs need) and the microVMM test guest (with
+//! the cross-built guest agent). Both pair Debian's cloud kernel with an
+//! initramfs assembled here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use super::cas::{Cas, KeyBuilder};
 use super::kernel::{parse_module_list, UnpackedKernel};
 use super::tree::{to_cpio_newc, FileTree};
 use super::{Artifact, Inputs};
-use crate::cross::Arch;
+use crate::cross::{Arch, GUEST_BINARY};
 use crate::workspace_root;
 
 /// Which bootable image.
@@ -58,14 +59,16 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
         );
     }
     // Read once: the bytes hashed into the key are the bytes shipped.
-    let agent = if image == BootImage::EdgeBox {
-        let path = crate::cross::out_dir(arch).join("edge-agent");
+    let (agent_name, agent_path) = match image {
+        BootImage::EdgeBox => ("edge-agent", "usr/bin/edge-agent"),
+        BootImage::Guest => (GUEST_BINARY, "sbin/mecvisor-guest"),
+    };
+    let agent = {
+        let path = crate::cross::out_dir(arch).join(agent_name);
         let bytes = std::fs::read(&path)
             .with_context(|| format!("reading {} (run `cargo xtask cross`)", path.display()))?;
-        key.part("edge-agent", bytes.as_slice());
-        Some(bytes)
-    } else {
-        None
+        key.part(agent_name, bytes.as_slice());
+        bytes
     };
     let key = key.finish();
     if let Some(outputs) = cas.lookup(&key)? {
@@ -108,9 +111,6 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
                 0o755,
                 bytes(&recipe_files, "shell-server")?,
             )?;
-            if let Some(agent) = &agent {
-                tree.file("usr/bin/edge-agent", 0o755, agent.clone())?;
-            }
             tree.dir("var/lib/mecvisor")?;
             tree.dir("etc/mecvisor")?;
             for package in oci_runtime {
@@ -121,6 +121,7 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
             tree.file("init", 0o755, bytes(&recipe_files, "init")?)?;
         }
     }
+    tree.file(agent_path, 0o755, agent.clone())?;
 
     let initramfs = cas.put_bytes(&to_cpio_newc(&tree))?;
     let vmlinuz = std::fs::read(kernel.vmlinuz()).context("reading the kernel image")?;
@@ -131,10 +132,8 @@ pub fn build(image: BootImage, arch: Arch, inputs: &Inputs, cas: &Cas) -> Result
         ("initramfs".to_string(), initramfs),
         ("kernel-release".to_string(), release),
     ]);
-    if let Some(agent) = &agent {
-        // Recorded so the hil harness can tell an image older than the agent.
-        outputs.insert("edge-agent".to_string(), cas.put_bytes(agent)?);
-    }
+    // Recorded so the hil harness can tell an image older than the agent.
+    outputs.insert(agent_name.to_string(), cas.put_bytes(&agent)?);
     cas.record(&key, &outputs)?;
     Ok(Artifact::new(image.name(), Some(arch), key, outputs, false))
 }

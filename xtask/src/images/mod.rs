@@ -4,7 +4,8 @@
 //!   busybox, crun with its libraries, the modules the agent needs and the
 //!   cross-built agent;
 //! - `guest` per architecture: the same kernel + a marker-printing initramfs
-//!   for the microVMM's tests;
+//!   with the cross-built guest agent (`mecvisor-guest`) for the microVMM's
+//!   tests;
 //! - `oci`: a busybox OCI image layout (amd64 + arm64) for container tests.
 //!
 //! Everything is content-addressed in `target/images/` (see [`cas`]); a
@@ -222,9 +223,11 @@ pub fn build(args: &ImagesArgs) -> Result<Vec<Artifact>> {
         None => vec![Arch::Aarch64, Arch::X86_64],
     };
     let wants = |which: Which| args.only.is_none_or(|only| only == which);
-    if wants(Which::EdgeBox) {
-        for &arch in &arches {
+    for &arch in &arches {
+        if wants(Which::EdgeBox) {
             cross::build_checked(arch)?;
+        } else if wants(Which::Guest) {
+            cross::build_guest_checked(arch)?;
         }
     }
     if args.no_install {
