@@ -273,6 +273,16 @@ fn vm_workload(arch: Arch, cmdline: &str) {
         .is_some(),
         "the guest did not read its disk:\n{logs}"
     );
+    // The guest agent found the VMM's virtio-vsock device and listens.
+    let vsock = wait_until(CONVERGE, || {
+        let logs = edge.sh("edge-agent logs guest1");
+        logs.contains("MECVISOR-GUEST-VSOCK ").then_some(logs)
+    })
+    .unwrap_or_default();
+    assert!(
+        vsock.contains("MECVISOR-GUEST-VSOCK listening"),
+        "the guest agent does not listen on vsock:\n{vsock}"
+    );
     let human = lab.controller.fleetctl(&["describe", "device", &device]);
     assert!(
         human.contains("guest1") && human.contains("running"),

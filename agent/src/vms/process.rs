@@ -61,7 +61,7 @@ impl VmDir {
     /// The socket host processes reach the guest's vsock ports through
     /// (`CONNECT <port>`; see `edge-agent vmm --vsock`).
     pub fn vsock_socket(&self) -> PathBuf {
-        self.path.join("vsock.sock")
+        self.path.join(super::health::SOCKET_NAME)
     }
 
     /// The console log directory.
