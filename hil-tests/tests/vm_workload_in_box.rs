@@ -228,7 +228,9 @@ fn vm_workload(arch: Arch, cmdline: &str) {
          uplink: eth0\n    qos: {{ tier: bronze }}\n    subnet: 10.40.0.0/24\n    gateway: 10.40.0.1\n\
          workloads:\n  - name: guest1\n    vm:\n      \
          kernel: \"{}\"\n      initrd: \"{}\"\n      disks: [{{ image: \"{}\", read_only: true }}]\n      \
-         cmdline: \"{cmdline} mecvisor.ip=10.40.0.10/24\"\n      vcpus: 1\n    slice: apps\n    \
+         cmdline: \"{cmdline} mecvisor.ip=10.40.0.10/24\"\n      vcpus: 1\n      \
+         health: {{ guest_agent: true, interval_s: 5, timeout_s: 5, start_period_s: 300 }}\n    \
+         slice: apps\n    \
          address: 10.40.0.10\n    resources: {{ memory_mib: 128 }}\n    restart: on-failure\n",
         reference("kernel"),
         reference("initrd"),
@@ -283,6 +285,16 @@ fn vm_workload(arch: Arch, cmdline: &str) {
         vsock.contains("MECVISOR-GUEST-VSOCK listening"),
         "the guest agent does not listen on vsock:\n{vsock}"
     );
+    // The agent's health check reaches the guest agent through the VMM's
+    // vsock socket (jailed, under seccomp) and the guest's vsock driver.
+    let healthy = wait_until(CONVERGE, || {
+        edge.console_text()
+            .contains("guest agent answers: healthy")
+            .then_some(())
+    });
+    if healthy.is_none() {
+        lab.fail(&edge, "the VM's health check never reached its guest agent");
+    }
     let human = lab.controller.fleetctl(&["describe", "device", &device]);
     assert!(
         human.contains("guest1") && human.contains("running"),

@@ -289,8 +289,8 @@ pub struct VolumeSpec {
     pub read_only: bool,
 }
 
-/// How the agent checks a container is healthy: exactly one of `exec`,
-/// `tcp_port`, `http`.
+/// How the agent checks a workload is healthy: for a container exactly one
+/// of `exec`, `tcp_port`, `http`; for a VM `guest_agent`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
@@ -323,6 +323,12 @@ pub struct HealthCheck {
     #[n(6)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_period_s: Option<u32>,
+    /// VMs only: the guest agent (`mecvisor-guest`, vsock port 1024)
+    /// answers HEALTH; healthy when it does.
+    #[n(7)]
+    #[cbor(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub guest_agent: bool,
 }
 
 /// An HTTP health probe.
@@ -373,9 +379,15 @@ pub struct VmSpec {
     #[n(3)]
     #[serde(default)]
     pub cmdline: String,
-    /// Number of vCPUs, 1..=64.
+    /// Number of vCPUs, 1..=32.
     #[n(4)]
     pub vcpus: u8,
+    /// How the agent checks the guest is healthy: `guest_agent: true` (the
+    /// guest agent, `mecvisor-guest`, answers over vsock); an unhealthy VM
+    /// is restarted by its policy.
+    #[n(5)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 /// A disk of a VM.

@@ -5,7 +5,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::spec::{
-    ContainerSpec, DesiredState, DeviceSpec, QosSpec, SliceSpec, WorkloadKind, WorkloadSpec,
+    ContainerSpec, DesiredState, DeviceSpec, HealthCheck, QosSpec, SliceSpec, WorkloadKind,
+    WorkloadSpec,
 };
 
 /// One problem found in a document, e.g. `workloads[2].slice: unknown slice "video"`.
@@ -496,52 +497,78 @@ fn container_problems(c: &ContainerSpec, at: &dyn Fn(&str) -> String, out: &mut 
         });
     }
     if let Some(h) = &c.health {
-        let probes = usize::from(h.exec.is_some())
-            + usize::from(h.tcp_port.is_some())
-            + usize::from(h.http.is_some());
-        if probes != 1 {
-            out.push(Problem {
-                path: at("container.health"),
-                message: "give exactly one of exec, tcp_port, http".into(),
-            });
-        }
-        if h.exec
-            .as_ref()
-            .is_some_and(|cmd| cmd.is_empty() || cmd[0].is_empty())
+        health_problems(h, HealthOf::Container, at, out);
+    }
+}
+
+/// Which kind of workload a health check is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HealthOf {
+    Container,
+    Vm,
+}
+
+fn health_problems(
+    h: &HealthCheck,
+    of: HealthOf,
+    at: &dyn Fn(&str) -> String,
+    out: &mut Vec<Problem>,
+) {
+    let prefix = match of {
+        HealthOf::Container => "container.health",
+        HealthOf::Vm => "vm.health",
+    };
+    let field = |key: &str| at(&format!("{prefix}.{key}"));
+    let container_probes = usize::from(h.exec.is_some())
+        + usize::from(h.tcp_port.is_some())
+        + usize::from(h.http.is_some());
+    match of {
+        HealthOf::Container if container_probes != 1 || h.guest_agent => out.push(Problem {
+            path: at(prefix),
+            message: "give exactly one of exec, tcp_port, http".into(),
+        }),
+        HealthOf::Vm if container_probes != 0 || !h.guest_agent => out.push(Problem {
+            path: at(prefix),
+            message: "a VM is checked through its guest agent: give guest_agent: true (and no exec, tcp_port, http)".into(),
+        }),
+        _ => {}
+    }
+    if h.exec
+        .as_ref()
+        .is_some_and(|cmd| cmd.is_empty() || cmd[0].is_empty())
+    {
+        out.push(Problem {
+            path: field("exec"),
+            message: "needs a command".into(),
+        });
+    }
+    if h.tcp_port == Some(0) || h.http.as_ref().is_some_and(|p| p.port == 0) {
+        out.push(Problem {
+            path: at(prefix),
+            message: "port 0 cannot be probed".into(),
+        });
+    }
+    if let Some(p) = &h.http {
+        if !p.path.starts_with('/')
+            || p.path
+                .contains(|c: char| c.is_whitespace() || c.is_control())
         {
             out.push(Problem {
-                path: at("container.health.exec"),
-                message: "needs a command".into(),
+                path: field("http.path"),
+                message: format!("{:?} must start with '/' and hold no spaces", p.path),
             });
         }
-        if h.tcp_port == Some(0) || h.http.as_ref().is_some_and(|p| p.port == 0) {
+    }
+    for (key, value) in [
+        ("interval_s", h.interval_s),
+        ("timeout_s", h.timeout_s),
+        ("retries", h.retries),
+    ] {
+        if value == Some(0) {
             out.push(Problem {
-                path: at("container.health"),
-                message: "port 0 cannot be probed".into(),
+                path: field(key),
+                message: "must be at least 1".into(),
             });
-        }
-        if let Some(p) = &h.http {
-            if !p.path.starts_with('/')
-                || p.path
-                    .contains(|c: char| c.is_whitespace() || c.is_control())
-            {
-                out.push(Problem {
-                    path: at("container.health.http.path"),
-                    message: format!("{:?} must start with '/' and hold no spaces", p.path),
-                });
-            }
-        }
-        for (key, value) in [
-            ("interval_s", h.interval_s),
-            ("timeout_s", h.timeout_s),
-            ("retries", h.retries),
-        ] {
-            if value == Some(0) {
-                out.push(Problem {
-                    path: at(&format!("container.health.{key}")),
-                    message: "must be at least 1".into(),
-                });
-            }
         }
     }
 }
@@ -584,6 +611,9 @@ fn workload_problems(w: &WorkloadSpec, at: &dyn Fn(&str) -> String, out: &mut Ve
                     path: at("vm.vcpus"),
                     message: format!("vcpus must be 1..={MAX_VCPUS}"),
                 });
+            }
+            if let Some(h) = &vm.health {
+                health_problems(h, HealthOf::Vm, at, out);
             }
             if w.resources.memory_mib != 0 && w.resources.memory_mib < MIN_VM_MEMORY_MIB {
                 out.push(Problem {

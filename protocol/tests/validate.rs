@@ -354,3 +354,34 @@ fn workload_addresses_sit_in_their_slice_subnet_once() {
         problems(&spec)
     );
 }
+
+#[test]
+fn a_vm_is_health_checked_through_its_guest_agent_only() {
+    let mut spec = common::sample_spec();
+    if let WorkloadKind::Vm(vm) = &mut spec.workloads[1].kind {
+        vm.health = Some(HealthCheck {
+            tcp_port: Some(80),
+            retries: Some(0),
+            ..HealthCheck::default()
+        });
+    }
+    if let WorkloadKind::Container(c) = &mut spec.workloads[0].kind {
+        c.health = Some(HealthCheck {
+            tcp_port: Some(80),
+            guest_agent: true,
+            ..HealthCheck::default()
+        });
+    }
+    let found = problems(&spec);
+    for expected in [
+        "workloads[1].vm.health: a VM is checked through its guest agent",
+        "workloads[1].vm.health.retries: must be at least 1",
+        "workloads[0].container.health: give exactly one of exec, tcp_port, http",
+    ] {
+        assert!(
+            found.iter().any(|f| f.starts_with(expected)),
+            "{expected}\n{found:#?}"
+        );
+    }
+    assert_eq!(found.len(), 3, "{found:#?}");
+}

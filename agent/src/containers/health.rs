@@ -23,6 +23,9 @@ pub enum Probe {
         /// Path.
         path: String,
     },
+    /// VMs only: the guest agent answers HEALTH over vsock (see
+    /// `crate::vms::health`).
+    GuestAgent,
 }
 
 /// A workload's health check with its defaults filled in.
@@ -47,6 +50,8 @@ impl HealthSettings {
             Probe::Exec(cmd.clone())
         } else if let Some(port) = check.tcp_port {
             Probe::Tcp(port)
+        } else if check.guest_agent {
+            Probe::GuestAgent
         } else {
             let http = check.http.as_ref()?;
             Probe::Http {
@@ -65,7 +70,7 @@ impl HealthSettings {
     }
 }
 
-/// The running tally of one container's checks.
+/// The running tally of one workload's checks.
 #[derive(Debug, Clone)]
 pub struct HealthState {
     /// Settings.
@@ -185,6 +190,8 @@ pub async fn check(
         Probe::Http { port, path } => {
             in_netns(pid, timeout, Target::Http(*port, path.clone())).await
         }
+        // Refused for containers at validation.
+        Probe::GuestAgent => Err("a container has no guest agent to ask".into()),
     }
 }
 

@@ -4,7 +4,10 @@
 //! VMM processes outlive the agent: a restarted agent finds them by their
 //! pid records and adopts them. A watcher notices within a quarter second
 //! when a VMM exits and wakes the reconciler, which restarts the VM by its
-//! policy with backoff.
+//! policy with backoff. A VM with a health check (`guest_agent: true`) is
+//! asked through its vsock device, on the check's interval, whether its
+//! guest agent answers ([`health`]); an unhealthy VM counts as failed and
+//! is restarted by the same policy.
 
 pub mod cgroup;
 pub mod health;
@@ -25,6 +28,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::containers::{HealthSettings, HealthState};
 use crate::runtime::{ObjectKind, ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
 use crate::slicing::SharedSliceNet;
 use cgroup::{Hierarchy, VmCgroup};
@@ -44,6 +48,26 @@ struct Running {
     process: VmmProcess,
     child: Option<Child>,
     exit_noticed: bool,
+    /// The tally of its health checks, when the spec has one.
+    health: Option<HealthState>,
+    /// Whether the guest agent has answered since the VMM started.
+    answered: bool,
+}
+
+impl Running {
+    fn new(process: VmmProcess, child: Option<Child>, health: Option<HealthSettings>) -> Running {
+        Running {
+            process,
+            child,
+            exit_noticed: false,
+            health: health.map(|s| HealthState::new(s, std::time::Instant::now())),
+            answered: false,
+        }
+    }
+
+    fn unhealthy(&self) -> bool {
+        self.health.as_ref().is_some_and(HealthState::unhealthy)
+    }
 }
 
 struct Inner {
@@ -52,6 +76,8 @@ struct Inner {
     program: PathBuf,
     wake: Rc<Notify>,
     running: RefCell<BTreeMap<String, Running>>,
+    /// The health checks of the desired VMs, by name.
+    desired_health: RefCell<BTreeMap<String, HealthSettings>>,
     /// Slices and ports, when network slicing is on.
     slice_net: Option<SharedSliceNet>,
     /// Where each VMM's cgroup goes; none when no cgroup hierarchy with a
@@ -108,6 +134,7 @@ impl VmRuntime {
             program,
             wake,
             running: RefCell::new(BTreeMap::new()),
+            desired_health: RefCell::new(BTreeMap::new()),
             slice_net,
             cgroups,
         });
@@ -136,10 +163,54 @@ async fn watch(inner: Weak<Inner>) {
                 wake = true;
             }
         }
+        if check_health(&inner).await {
+            wake = true;
+        }
         if wake {
             inner.wake.notify_one();
         }
     }
+}
+
+/// Runs the health checks that are due; returns whether a VM turned
+/// unhealthy.
+async fn check_health(inner: &Inner) -> bool {
+    let now = std::time::Instant::now();
+    let due: Vec<(String, Duration)> = inner
+        .running
+        .borrow()
+        .iter()
+        .filter(|(_, r)| !r.exit_noticed)
+        .filter_map(|(name, r)| {
+            let h = r.health.as_ref()?;
+            (h.next_due <= now).then(|| (name.clone(), h.settings.timeout))
+        })
+        .collect();
+    let mut turned = false;
+    for (name, timeout) in due {
+        let dir = VmDir::new(&inner.root, &name);
+        let result = health::check(dir.path(), timeout).await;
+        let mut running = inner.running.borrow_mut();
+        let Some(vm) = running.get_mut(&name) else {
+            continue;
+        };
+        match &result {
+            Ok(uptime) if !vm.answered => {
+                vm.answered = true;
+                info!(vm = %name, uptime_s = uptime.as_secs(), "guest agent answers: healthy");
+            }
+            Ok(_) => {}
+            Err(reason) => debug!(vm = %name, %reason, "health check failed"),
+        }
+        let Some(h) = vm.health.as_mut() else {
+            continue;
+        };
+        if h.record(result.map(|_| ()), std::time::Instant::now()) {
+            warn!(vm = %name, status = %h.describe(), "VM unhealthy");
+            turned = true;
+        }
+    }
+    turned
 }
 
 fn vm_of(spec: &ObjectSpec) -> Result<(&WorkloadSpec, &VmSpec), RuntimeError> {
@@ -408,6 +479,19 @@ async fn join_slice(
 
 impl Runtime for VmRuntime {
     fn desired_set(&mut self, specs: &[ObjectSpec]) {
+        *self.inner.desired_health.borrow_mut() = specs
+            .iter()
+            .filter_map(|spec| match spec {
+                ObjectSpec::Workload(w) => match &w.kind {
+                    WorkloadKind::Vm(vm) => Some((
+                        w.name.clone(),
+                        HealthSettings::from_spec(vm.health.as_ref()?)?,
+                    )),
+                    WorkloadKind::Container(_) => None,
+                },
+                ObjectSpec::Slice(_) => None,
+            })
+            .collect();
         // The taps of desired VMs that run already (e.g. since before an
         // agent restart): every slice apply must keep them in their bridges.
         let Some(shared) = &self.inner.slice_net else {
@@ -444,14 +528,24 @@ impl Runtime for VmRuntime {
             let same_spec =
                 std::fs::read_to_string(dir.spec_file()).is_ok_and(|f| f.trim() == fingerprint);
             if let Some(process) = recorded {
-                if same_spec {
+                let unhealthy = inner
+                    .running
+                    .borrow()
+                    .get(name)
+                    .is_some_and(Running::unhealthy);
+                if same_spec && !unhealthy {
                     debug!(vm = name, pid = process.pid, "VMM already runs this spec");
                     return Ok(());
                 }
                 info!(
                     vm = name,
                     pid = process.pid,
-                    "spec changed; stopping the old VMM"
+                    "{}; stopping the old VMM",
+                    if unhealthy {
+                        "unhealthy"
+                    } else {
+                        "spec changed"
+                    }
                 );
                 let child = inner
                     .running
@@ -482,14 +576,11 @@ impl Runtime for VmRuntime {
                 vcpus = vm.vcpus,
                 "VMM started"
             );
-            inner.running.borrow_mut().insert(
-                name.to_string(),
-                Running {
-                    process,
-                    child: Some(child),
-                    exit_noticed: false,
-                },
-            );
+            let health = vm.health.as_ref().and_then(HealthSettings::from_spec);
+            inner
+                .running
+                .borrow_mut()
+                .insert(name.to_string(), Running::new(process, Some(child), health));
             if let Some(port) = Port::of_workload(workload) {
                 join_slice(inner, name, process, port).await?;
             }
@@ -539,19 +630,19 @@ impl Runtime for VmRuntime {
                 return Ok(Observed::Missing);
             };
             if process.liveness() == Liveness::Alive {
-                inner
-                    .running
-                    .borrow_mut()
-                    .entry(name.to_string())
-                    .or_insert_with(|| {
-                        // Started by an earlier agent process: adopt it.
-                        info!(vm = name, pid = process.pid, "VM adopted as it runs");
-                        Running {
-                            process,
-                            child: None,
-                            exit_noticed: false,
-                        }
+                let health = inner.desired_health.borrow().get(name).cloned();
+                let mut running = inner.running.borrow_mut();
+                let vm = running.entry(name.to_string()).or_insert_with(|| {
+                    // Started by an earlier agent process: adopt it.
+                    info!(vm = name, pid = process.pid, "VM adopted as it runs");
+                    Running::new(process, None, health)
+                });
+                if let Some(h) = vm.health.as_ref().filter(|h| h.unhealthy()) {
+                    return Ok(Observed::Stopped {
+                        success: false,
+                        message: h.describe(),
                     });
+                }
                 return Ok(Observed::Running);
             }
             if let Some(mut running) = inner.running.borrow_mut().remove(name) {
@@ -604,6 +695,7 @@ mod tests {
             ],
             cmdline: String::new(),
             vcpus,
+            health: None,
         };
         let workload = WorkloadSpec {
             name: "guest1".into(),

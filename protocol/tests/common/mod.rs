@@ -65,6 +65,11 @@ pub fn sample_spec() -> DeviceSpec {
                     }],
                     cmdline: "console=ttyS0".into(),
                     vcpus: 2,
+                    health: Some(HealthCheck {
+                        guest_agent: true,
+                        interval_s: Some(30),
+                        ..HealthCheck::default()
+                    }),
                 }),
                 slice: Some("iot".into()),
                 resources: Resources {
