@@ -119,7 +119,7 @@ fn stat_sum(stat: &str, keys: &[&str]) -> u64 {
 /// (`mecvisor-vms/guest1`) limits it to guest RAM + the overhead, what it
 /// uses besides guest RAM fits in that overhead (printed: the measured
 /// figure), and every thread runs under a seccomp filter.
-fn check_confinement(edge: &EdgeBox, pid: i64, guest_mib: u64) {
+fn check_confinement(edge: &EdgeBox, arch: Arch, pid: i64, guest_mib: u64) {
     let cgroup = "/sys/fs/cgroup/mecvisor-vms/guest1";
     let membership = edge.sh(&format!("cat /proc/{pid}/cgroup"));
     assert!(
@@ -159,14 +159,15 @@ fn check_confinement(edge: &EdgeBox, pid: i64, guest_mib: u64) {
     let used = stat_sum(&stat, &["anon"]) + kernel;
     let overhead = used.saturating_sub(guest_rss_kib << 10);
     let peak = edge.sh(&format!("cat {cgroup}/memory.peak 2>/dev/null; true"));
-    eprintln!(
-        "VMM overhead besides guest RAM: {:.1} MiB (anon + kernel {:.1} MiB, guest RAM resident \
+    mecvisor_hil::record_figure(&format!(
+        "{}: VMM overhead besides guest RAM: {:.1} MiB (anon + kernel {:.1} MiB, guest RAM resident \
          {:.1} MiB, cgroup peak incl. page cache {} bytes; limit = guest + {overhead_mib} MiB)",
+        arch.name(),
         overhead as f64 / 1048576.0,
         used as f64 / 1048576.0,
         guest_rss_kib as f64 / 1024.0,
         peak.trim()
-    );
+    ));
     assert!(
         overhead < overhead_mib << 20,
         "the VMM needs {overhead} bytes besides guest RAM, more than its {overhead_mib} MiB \
@@ -318,7 +319,7 @@ fn vm_workload(arch: Arch, cmdline: &str) {
     }
 
     let pid = vmm_pid(&edge, "guest1").unwrap_or_else(|| lab.fail(&edge, "no VMM pid"));
-    check_confinement(&edge, pid, 128);
+    check_confinement(&edge, arch, pid, 128);
 
     // Kill the VMM: on-failure starts it again, and the guest boots again.
     edge.sh(&format!("kill -9 {pid}"));

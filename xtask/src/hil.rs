@@ -113,11 +113,25 @@ pub fn suite(filter: Option<&str>, keep: bool, counts: &mut TestCounts) -> Resul
     if let Some(filter) = filter {
         args.push(filter);
     }
-    let mut envs = vec![("MECVISOR_HIL_REQUIRED", "1")];
+    let figures = crate::bins::target_dir().join("hil-figures.txt");
+    // A fresh file per run: only this run's figures are printed.
+    let _ = std::fs::remove_file(&figures);
+    let figures_path = figures.display().to_string();
+    let mut envs = vec![
+        ("MECVISOR_HIL_REQUIRED", "1"),
+        ("MECVISOR_HIL_FIGURES", figures_path.as_str()),
+    ];
     if keep {
         envs.push(("MECVISOR_HIL_KEEP", "1"));
     }
-    run_cargo_tests(&args, &envs, counts)
+    let result = run_cargo_tests(&args, &envs, counts);
+    if let Ok(text) = std::fs::read_to_string(&figures) {
+        println!("lab: figures measured by the hil tests:");
+        for line in text.lines() {
+            println!("  {line}");
+        }
+    }
+    result
 }
 
 /// Test binaries that run inside the emulated boxes (where the kernel has
