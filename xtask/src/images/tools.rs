@@ -5,7 +5,7 @@
 //! loader by a wrapper script, since the box has no glibc of its own.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -20,28 +20,9 @@ use crate::shell;
 /// `<payload>/<package>-root/` and writes a wrapper `<payload>/<program>`
 /// for each of `programs`.
 pub fn unpack_tool(arch: Arch, package: &str, programs: &[&str], payload: &Path) -> Result<()> {
-    let cas = Cas::open(&images_dir())?;
-    let archives = crate::debian::host_archives()?;
-    let root = AptRoot::open(
-        &images_dir().join("apt").join(arch.debian()),
-        arch.debian(),
-        &archives,
-        false,
-    )?;
-    let tree = payload.join(format!("{package}-root"));
-    if tree.exists() {
-        std::fs::remove_dir_all(&tree).with_context(|| format!("clearing {}", tree.display()))?;
-    }
-    std::fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
+    let (cas, root) = open_store(arch)?;
     let packages = fetch_with_libraries(&root, &cas, package)?;
-    for info in &packages {
-        shell::output(
-            Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(cas.blob_path(&info.sha256))
-                .arg(&tree),
-        )?;
-    }
+    let tree = extract(&cas, &packages, &payload.join(format!("{package}-root")))?;
     let triplet = match arch {
         Arch::X86_64 => "x86_64-linux-gnu",
         Arch::Aarch64 => "aarch64-linux-gnu",
@@ -84,6 +65,47 @@ pub fn unpack_tool(arch: Arch, package: &str, programs: &[&str], payload: &Path)
             .with_context(|| format!("making {} executable", path.display()))?;
     }
     Ok(())
+}
+
+/// Unpacks package `package` alone (no dependencies, no wrapper) into
+/// `<payload>/<package>-root/`, e.g. an architecture-independent data
+/// package such as firmware; returns that directory.
+pub fn unpack_data(arch: Arch, package: &str, payload: &Path) -> Result<PathBuf> {
+    let (cas, root) = open_store(arch)?;
+    let info = root.fetch(&cas, package)?;
+    extract(&cas, &[info], &payload.join(format!("{package}-root")))
+}
+
+/// The content-addressed store and the private apt root of `arch`.
+fn open_store(arch: Arch) -> Result<(Cas, AptRoot)> {
+    let cas = Cas::open(&images_dir())?;
+    let archives = crate::debian::host_archives()?;
+    let root = AptRoot::open(
+        &images_dir().join("apt").join(arch.debian()),
+        arch.debian(),
+        &archives,
+        false,
+    )?;
+    Ok((cas, root))
+}
+
+/// Unpacks `packages` (blobs in `cas`) into a fresh directory `tree`;
+/// returns `tree`.
+fn extract(cas: &Cas, packages: &[PackageInfo], tree: &Path) -> Result<PathBuf> {
+    if tree.exists() {
+        std::fs::remove_dir_all(tree).with_context(|| format!("clearing {}", tree.display()))?;
+    }
+    std::fs::create_dir_all(tree).with_context(|| format!("creating {}", tree.display()))?;
+    for info in packages {
+        shell::output(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(cas.blob_path(&info.sha256))
+                .arg(tree),
+        )
+        .with_context(|| format!("unpacking {} into {}", info.name, tree.display()))?;
+    }
+    Ok(tree.to_path_buf())
 }
 
 /// Fetches `package` and, transitively, the shared-library packages it

@@ -1,21 +1,23 @@
 //! Guest boot time inside the emulated edge boxes: the Debian kernel and
 //! the marker-printing initramfs of `images/guest/` on `edge-agent vmm`,
 //! as `hil-tests/tests/vm_in_box.rs` runs them, with the console in a log
-//! directory whose lines carry timestamps.
+//! directory whose lines carry timestamps; and the same guest on QEMU with
+//! KVM in the same box ([`super::qemu_peer`]), runs alternating.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use mecvisor_hil::images::BootImage;
-use mecvisor_hil::{missing_prerequisite, Arch, Lab};
+use mecvisor_hil::{missing_prerequisite, Arch, EdgeBox, Lab};
 
+use super::qemu_peer::{self, peer, Peer};
 use crate::bench::table::Table;
 use crate::timing::percentile;
 
 /// VMM runs per architecture (one box, booted once).
 const RUNS: usize = 3;
 /// The guest's init prints this first thing, once the kernel is up.
-const MARKER: &str = "MECVISOR-GUEST-BOOTED";
+pub(super) const MARKER: &str = "MECVISOR-GUEST-BOOTED";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The guest runs under KVM nested inside QEMU's emulation: slow.
 const GUEST_RUN: Duration = Duration::from_secs(600);
@@ -36,54 +38,121 @@ fn metric(arch: Arch) -> String {
     )
 }
 
+fn qemu_metric(arch: Arch) -> String {
+    format!(
+        "box: QEMU ({} {}) start to {MARKER}, {}, median (min / max) of {RUNS}",
+        peer(arch).program,
+        match arch {
+            Arch::X86_64 => "-M microvm",
+            Arch::Aarch64 => "-M virt",
+        },
+        arch.name()
+    )
+}
+
+fn ratio_metric(arch: Arch) -> String {
+    format!("box: VMM / QEMU boot time (medians), {}", arch.name())
+}
+
+/// Every row of `arch`, as ERROR rows with `err`.
+fn all_errors(table: &mut Table, arch: Arch, err: &anyhow::Error) {
+    for row in [metric(arch), qemu_metric(arch)] {
+        table.error(&row, "", err);
+    }
+}
+
 /// Adds the in-box rows; what cannot be measured becomes ERROR rows.
 pub fn measure(table: &mut Table) {
     match crate::bench::lab::prepare_lab() {
         Ok(()) => {
             for (arch, cmdline) in CMDLINES {
                 match boots(arch, cmdline) {
-                    Ok(boots) => report(table, arch, &boots),
-                    Err(err) => table.error(&metric(arch), "", &err),
+                    Ok(runs) => report(table, arch, &runs),
+                    Err(err) => all_errors(table, arch, &err),
                 }
             }
         }
         Err(err) => {
             for (arch, _) in CMDLINES {
-                table.error(&metric(arch), "", &err);
+                all_errors(table, arch, &err);
             }
         }
     }
-    table.info(
-        "box: same guest on QEMU -M microvm / virt -enable-kvm",
-        "not measured".to_string(),
-    );
-    table.note(
-        "no QEMU peer for the guest boot: qemu-system-* -M microvm/virt -enable-kvm is not in \
-         the box image, so it cannot run in the box next to the VMM (and this host's KVM \
-         cannot boot Linux)"
-            .to_string(),
-    );
     table.note(format!(
         "box figures: from just before `edge-agent vmm` starts in the box (busybox `ts '%.s'`) \
          to the timestamp of the guest's {MARKER} line in the VMM's console log; 128 MiB, \
          1 vCPU; the box is QEMU TCG and the guest runs under KVM nested in it (x86_64: nested \
          SVM, aarch64: emulated EL2), so real boxes boot the guest much faster"
     ));
+    table.note(format!(
+        "QEMU peer: Debian's qemu-system-x86_64 -M microvm -enable-kvm -cpu host (x86_64 box, \
+         firmware from qemu-system-data) and qemu-system-aarch64 -M virt,gic-version=3 \
+         -enable-kvm -cpu host (aarch64 box), unpacked with their libraries onto the box's \
+         payload disk and started through the packaged loader; same kernel, initramfs, 128 MiB, \
+         1 vCPU and command line (console=ttyAMA0 on virt), -nodefaults -no-reboot; from just \
+         before QEMU starts to the {MARKER} line of its serial console, stamped by busybox \
+         `ts '%.s'` as it arrives; runs alternate with the VMM's in the same box"
+    ));
 }
 
-/// One VMM run in a box.
+/// One guest boot in a box (on the VMM or on QEMU).
 #[derive(Debug)]
-struct Boot {
-    to_marker: Duration,
-    vmm_status: i32,
+pub(super) struct Boot {
+    /// From just before the monitor starts to the guest's marker line.
+    pub to_marker: Duration,
+    /// The monitor's exit status.
+    pub status: i32,
 }
 
-/// Boots a box of `arch` with the guest image on its payload disk and runs
-/// the VMM [`RUNS`] times in it.
-fn boots(arch: Arch, cmdline: &str) -> Result<Vec<Boot>> {
+/// What one box gave: the VMM's boots and QEMU's, or why either could not
+/// be measured.
+struct BoxRuns {
+    vmm: Result<Vec<Boot>>,
+    qemu: Result<Vec<Boot>>,
+}
+
+/// Boots a box of `arch` with the guest image and QEMU on its payload disk
+/// and boots the guest [`RUNS`] times on the VMM and on QEMU, alternating.
+/// Fails only when the box cannot be had.
+fn boots(arch: Arch, cmdline: &str) -> Result<BoxRuns> {
     if let Some(why) = missing_prerequisite(&[arch]) {
         bail!(why);
     }
+    let payload = guest_payload(arch)?;
+    let peer = peer(arch);
+    let qemu_ready = peer.add_to_payload(arch, payload.path());
+
+    let mut lab = Lab::start().map_err(|e| anyhow!(e))?;
+    let name = format!("bench-vmm-{}", arch.name().replace('_', "-"));
+    let mut edge = lab
+        .boot_box_with_payload(arch, &name, Some(payload.path()))
+        .map_err(|e| anyhow!(e))?;
+    edge.wait_ready(BOOT_TIMEOUT).map_err(|e| anyhow!(e))?;
+    let mut runs = BoxRuns {
+        vmm: Ok(Vec::with_capacity(RUNS)),
+        qemu: qemu_ready
+            .and_then(|()| qemu_starts(&edge, &peer))
+            .map(|()| Vec::new()),
+    };
+    let arch_name = arch.name();
+    for run in 1..=RUNS {
+        add_run(&mut runs.vmm, || {
+            one_run(&edge, &script(run, cmdline), parse_run)
+                .with_context(|| format!("VMM run {run} in the {arch_name} box"))
+        });
+        add_run(&mut runs.qemu, || {
+            one_run(&edge, &peer.script(run, cmdline), qemu_peer::parse_run)
+                .with_context(|| format!("QEMU run {run} in the {arch_name} box"))
+        });
+    }
+    drop(edge);
+    drop(lab);
+    Ok(runs)
+}
+
+/// A payload directory with the guest image of `arch` (`vmlinuz`,
+/// `initrd.img`).
+fn guest_payload(arch: Arch) -> Result<tempfile::TempDir> {
     let guest = BootImage::load(arch, "guest").map_err(|e| anyhow!(e))?;
     let payload = tempfile::Builder::new()
         .prefix("mecvisor-bench-vmm-payload-")
@@ -93,31 +162,43 @@ fn boots(arch: Arch, cmdline: &str) -> Result<Vec<Boot>> {
         std::fs::copy(from, payload.path().join(to))
             .with_context(|| format!("copying {} to the payload", from.display()))?;
     }
+    Ok(payload)
+}
 
-    let mut lab = Lab::start().map_err(|e| anyhow!(e))?;
-    let name = format!("bench-vmm-{}", arch.name().replace('_', "-"));
-    let mut edge = lab
-        .boot_box_with_payload(arch, &name, Some(payload.path()))
+/// Checks that QEMU starts in the box (`--version`): an error with its
+/// output (e.g. a missing library) if not.
+fn qemu_starts(edge: &EdgeBox, peer: &Peer) -> Result<()> {
+    let out = edge
+        .run(&peer.version_command(), Duration::from_secs(120))
         .map_err(|e| anyhow!(e))?;
-    edge.wait_ready(BOOT_TIMEOUT).map_err(|e| anyhow!(e))?;
-    let mut boots = Vec::with_capacity(RUNS);
-    for run in 1..=RUNS {
-        let out = edge
-            .run(&script(run, cmdline), GUEST_RUN)
-            .map_err(|e| anyhow!(e))
-            .with_context(|| format!("VMM run {run} in the {} box", arch.name()))?;
-        let boot = parse_run(&out.output).with_context(|| {
-            format!(
-                "VMM run {run} in the {} box; its output:\n{}",
-                arch.name(),
-                out.output
-            )
-        })?;
-        boots.push(boot);
+    if !out.success() {
+        bail!(
+            "{} does not start in the box (status {}): {}",
+            peer.program,
+            out.status,
+            out.output.trim()
+        );
     }
-    drop(edge);
-    drop(lab);
-    Ok(boots)
+    Ok(())
+}
+
+/// Runs `script` in the box and parses its output with `parse`; a parse
+/// error carries the output.
+fn one_run(edge: &EdgeBox, script: &str, parse: fn(&str) -> Result<Boot>) -> Result<Boot> {
+    let out = edge.run(script, GUEST_RUN).map_err(|e| anyhow!(e))?;
+    parse(&out.output).with_context(|| format!("its output:\n{}", out.output))
+}
+
+/// Adds the boot `run` gives to `boots`, or turns `boots` into its error;
+/// nothing runs once `boots` holds an error.
+fn add_run(boots: &mut Result<Vec<Boot>>, run: impl FnOnce() -> Result<Boot>) {
+    let Ok(list) = boots else {
+        return;
+    };
+    match run() {
+        Ok(boot) => list.push(boot),
+        Err(err) => *boots = Err(err),
+    }
 }
 
 /// The box script of run `run`: the start time, the VMM with its console
@@ -150,7 +231,7 @@ fn parse_run(output: &str) -> Result<Boot> {
     let start = value("vmm-start=")?;
     let start = parse_epoch_micros(start).with_context(|| format!("bad start time {start:?}"))?;
     let status = value("vmm-status=")?;
-    let vmm_status = status
+    let status = status
         .parse()
         .with_context(|| format!("bad VMM status {status:?}"))?;
     let marker = output
@@ -162,33 +243,72 @@ fn parse_run(output: &str) -> Result<Boot> {
         .map_err(|_| anyhow!("{MARKER} is stamped before the VMM started"))?;
     Ok(Boot {
         to_marker: Duration::from_micros(micros),
-        vmm_status,
+        status,
     })
 }
 
-fn report(table: &mut Table, arch: Arch, boots: &[Boot]) {
+/// The rows of one box: each monitor's median (or why not) and, when both
+/// were measured, their ratio.
+fn report(table: &mut Table, arch: Arch, runs: &BoxRuns) {
+    let vmm = summary(table, &metric(arch), "the VMM", arch, &runs.vmm);
+    let qemu = summary(table, &qemu_metric(arch), "QEMU", arch, &runs.qemu);
+    if let (Some(vmm), Some(qemu)) = (vmm, qemu) {
+        let ratio = vmm.as_secs_f64() / qemu.as_secs_f64();
+        table.info(
+            &ratio_metric(arch),
+            format!(
+                "{ratio:.2}x ({} vs {}; {})",
+                secs(vmm),
+                secs(qemu),
+                if ratio < 1.0 {
+                    "the VMM boots it faster"
+                } else {
+                    "QEMU boots it faster"
+                }
+            ),
+        );
+    }
+}
+
+/// Adds the row `row` for `who`'s boots (median, min and max) or its error
+/// row; notes runs whose monitor did not exit 0. Returns the median.
+fn summary(
+    table: &mut Table,
+    row: &str,
+    who: &str,
+    arch: Arch,
+    boots: &Result<Vec<Boot>>,
+) -> Option<Duration> {
+    let boots = match boots {
+        Ok(boots) => boots,
+        Err(err) => {
+            table.error(row, "", err);
+            return None;
+        }
+    };
     let samples: Vec<Duration> = boots.iter().map(|b| b.to_marker).collect();
     let (Some(p50), Some(min), Some(max)) = (
         percentile(&samples, 50.0),
         samples.iter().min().copied(),
         samples.iter().max().copied(),
     ) else {
-        return;
+        return None;
     };
     table.info(
-        &metric(arch),
+        row,
         format!("{} ({} / {})", secs(p50), secs(min), secs(max)),
     );
     for (run, boot) in boots.iter().enumerate() {
-        if boot.vmm_status != 0 {
+        if boot.status != 0 {
             table.note(format!(
-                "{} run {}: the VMM exited with status {} (0 expected after the guest's power-off)",
+                "{} run {}: {who} exited with status {} (0 expected after the guest's power-off)",
                 arch.name(),
                 run + 1,
-                boot.vmm_status
+                boot.status
             ));
         }
     }
+    Some(p50)
 }
 
 fn secs(d: Duration) -> String {
@@ -196,7 +316,7 @@ fn secs(d: Duration) -> String {
 }
 
 /// Microseconds since the epoch from busybox `ts '%.s'` (`SECONDS.FRACTION`).
-fn parse_epoch_micros(text: &str) -> Option<i64> {
+pub(super) fn parse_epoch_micros(text: &str) -> Option<i64> {
     let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
     Some(secs.parse::<i64>().ok()? * 1_000_000 + fraction_micros(frac)?)
 }
@@ -289,7 +409,7 @@ mod tests {
                    --- end of the console log\n";
         let boot = parse_run(out).expect("parses");
         assert_eq!(boot.to_marker, Duration::from_micros(9_615_456));
-        assert_eq!(boot.vmm_status, 0);
+        assert_eq!(boot.status, 0);
         let err = parse_run("vmm-start=1795513675.5\nvmm-status=1\n").expect_err("no marker");
         assert!(format!("{err}").contains(MARKER), "{err}");
     }

@@ -12,13 +12,17 @@
 //! 2. In the emulated edge boxes (x86_64 and aarch64, QEMU TCG with nested
 //!    KVM), the guest image of `images/guest/` (Debian's kernel and a
 //!    marker-printing initramfs) from just before the VMM starts to its
-//!    `MECVISOR-GUEST-BOOTED` console line, 3 runs per architecture.
+//!    `MECVISOR-GUEST-BOOTED` console line, 3 runs per architecture; and
+//!    the same guest on Debian's QEMU with KVM in the same box
+//!    (`qemu-system-x86_64 -M microvm`, `qemu-system-aarch64 -M virt`), 3
+//!    runs alternating with the VMM's, and the ratio of the medians.
 //!
 //! What cannot be measured here is an ERROR row with the reason.
 
 mod elf;
 mod host;
 mod in_box;
+mod qemu_peer;
 
 use anyhow::Result;
 
