@@ -22,7 +22,7 @@ use crate::devices::virtio::net::tap::{Tap, TapError};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::vsock::subscriber::VsockBackend;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Devices, Platform, SharedDevices};
 use crate::event_loop::{self, Backend, EventLoopError, NetReceiver, Wake};
 use crate::memory::MemoryError;
@@ -278,45 +278,89 @@ fn open(what: &'static str, path: &PathBuf) -> Result<File, MachineError> {
     })
 }
 
+/// Puts `device` on the platform's MMIO bus as `name`, in the virtio-mmio
+/// slot after `announced` (which it extends), with an interrupt line of its
+/// own; returns its transport, which the event loop shares when the device
+/// has a host side to serve.
+fn attach<D: VirtioDevice + 'static>(
+    platform: &mut Platform,
+    vm: &Vm,
+    name: &str,
+    device: D,
+    announced: &mut Vec<MmioDeviceInfo>,
+) -> Result<Arc<Mutex<MmioTransport<D>>>, MachineError> {
+    let slot = arch::virtio_mmio_slot(announced.len())
+        .ok_or_else(|| MachineError::Invalid(format!("no virtio-mmio slot for {name}")))?;
+    let interrupt = Signal::new().map_err(os("create a virtio interrupt"))?;
+    let transport = Arc::new(Mutex::new(MmioTransport::new(
+        device,
+        vm.ram().memory().clone(),
+        Interrupt::new(interrupt.clone()),
+    )?));
+    platform
+        .mmio
+        .insert(name, slot.base, slot.size, Box::new(transport.clone()))?;
+    platform.interrupts.push((interrupt, slot.irq));
+    info!(
+        device = name,
+        base = format_args!("{:#x}", slot.base),
+        irq = slot.irq,
+        "virtio device attached"
+    );
+    announced.push(slot);
+    Ok(transport)
+}
+
+/// Puts a virtio-blk device per disk on the platform's MMIO bus, in the
+/// slots after `announced`.
+fn add_disks(
+    platform: &mut Platform,
+    vm: &Vm,
+    disks: &[DiskConfig],
+    announced: &mut Vec<MmioDeviceInfo>,
+) -> Result<(), MachineError> {
+    for (index, disk) in disks.iter().enumerate() {
+        let block = Block::open(&disk.path, disk.read_only, &format!("mecvisor-disk{index}"))?;
+        attach(
+            platform,
+            vm,
+            &format!("virtio-blk{index}"),
+            block,
+            announced,
+        )?;
+        info!(disk = %disk.path.display(), read_only = disk.read_only, "disk attached");
+    }
+    Ok(())
+}
+
 /// Puts a virtio-net device per interface on the platform's MMIO bus, in
-/// the slots after `announced` (which it extends); returns their receive
-/// sides for the event loop.
+/// the slots after `announced`; returns their receive sides for the event
+/// loop.
 fn add_nets(
     platform: &mut Platform,
     vm: &Vm,
     nets: &[NetConfig],
     announced: &mut Vec<MmioDeviceInfo>,
-) -> Result<Vec<NetReceiver>, MachineError> {
-    let mut receivers = Vec::new();
+) -> Result<Vec<Backend>, MachineError> {
+    let mut receivers: Vec<Backend> = Vec::new();
     for (index, net) in nets.iter().enumerate() {
-        let slot = arch::virtio_mmio_slot(announced.len()).ok_or_else(|| {
-            MachineError::Invalid(format!("no virtio-mmio slot for network interface {index}"))
-        })?;
-        let tap = Tap::open(&net.tap)?;
-        let device = Net::new(tap, net.mac)?;
-        let interrupt = Signal::new().map_err(os("create a network interrupt"))?;
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
-            device,
-            vm.ram().memory().clone(),
-            Interrupt::new(interrupt.clone()),
-        )?));
-        platform.mmio.insert(
+        let device = Net::new(Tap::open(&net.tap)?, net.mac)?;
+        let transport = attach(
+            platform,
+            vm,
             &format!("virtio-net{index}"),
-            slot.base,
-            slot.size,
-            Box::new(transport.clone()),
+            device,
+            announced,
         )?;
-        platform.interrupts.push((interrupt, slot.irq));
-        info!(tap = %net.tap, base = format_args!("{:#x}", slot.base), irq = slot.irq, "network interface attached");
-        receivers.push(NetReceiver::new(transport));
-        announced.push(slot);
+        info!(tap = %net.tap, "network interface attached");
+        receivers.push(Box::new(NetReceiver::new(transport)));
     }
     Ok(receivers)
 }
 
 /// Puts the virtio-vsock device (if configured) on the platform's MMIO
-/// bus in the slot after `announced` (which it extends); returns its host
-/// side for the event loop.
+/// bus in the slot after `announced`; returns its host side for the event
+/// loop.
 fn add_vsock(
     platform: &mut Platform,
     vm: &Vm,
@@ -326,62 +370,14 @@ fn add_vsock(
     let Some(config) = vsock else {
         return Ok(None);
     };
-    let slot = arch::virtio_mmio_slot(announced.len())
-        .ok_or_else(|| MachineError::Invalid("no virtio-mmio slot for the vsock device".into()))?;
     if is_socket(&config.socket) {
         // Left by an earlier VMM of this guest (validated as a socket).
         std::fs::remove_file(&config.socket).map_err(os("remove a stale vsock socket"))?;
     }
     let device = Vsock::new(config.cid, &config.socket)?;
-    let interrupt = Signal::new().map_err(os("create the vsock interrupt"))?;
-    let transport = Arc::new(Mutex::new(MmioTransport::new(
-        device,
-        vm.ram().memory().clone(),
-        Interrupt::new(interrupt.clone()),
-    )?));
-    platform.mmio.insert(
-        "virtio-vsock",
-        slot.base,
-        slot.size,
-        Box::new(transport.clone()),
-    )?;
-    platform.interrupts.push((interrupt, slot.irq));
-    info!(cid = config.cid, socket = %config.socket.display(), base = format_args!("{:#x}", slot.base), irq = slot.irq, "vsock attached");
-    announced.push(slot);
+    let transport = attach(platform, vm, "virtio-vsock", device, announced)?;
+    info!(cid = config.cid, socket = %config.socket.display(), "vsock attached");
     Ok(Some(Box::new(VsockBackend::new(transport))))
-}
-
-/// Puts a virtio-blk device per disk on the platform's MMIO bus, each in
-/// its slot with its interrupt line; returns how the guest is told about
-/// them.
-fn add_disks(
-    platform: &mut Platform,
-    vm: &Vm,
-    disks: &[DiskConfig],
-) -> Result<Vec<MmioDeviceInfo>, MachineError> {
-    let mut announced = Vec::new();
-    for (index, disk) in disks.iter().enumerate() {
-        let slot = arch::virtio_mmio_slot(index).ok_or_else(|| {
-            MachineError::Invalid(format!("no virtio-mmio slot for disk {index}"))
-        })?;
-        let block = Block::open(&disk.path, disk.read_only, &format!("mecvisor-disk{index}"))?;
-        let interrupt = Signal::new().map_err(os("create a disk interrupt"))?;
-        let transport = MmioTransport::new(
-            block,
-            vm.ram().memory().clone(),
-            Interrupt::new(interrupt.clone()),
-        )?;
-        platform.mmio.insert(
-            &format!("virtio-blk{index}"),
-            slot.base,
-            slot.size,
-            Box::new(transport),
-        )?;
-        platform.interrupts.push((interrupt, slot.irq));
-        info!(disk = %disk.path.display(), read_only = disk.read_only, base = format_args!("{:#x}", slot.base), irq = slot.irq, "disk attached");
-        announced.push(slot);
-    }
-    Ok(announced)
 }
 
 impl Machine {
@@ -416,11 +412,9 @@ impl Machine {
         let reset = Signal::new().map_err(os("create the reset signal"))?;
         let power_off = Signal::new().map_err(os("create the power-off signal"))?;
         let mut platform = arch::platform(console, &reset, &power_off)?;
-        let mut virtio = add_disks(&mut platform, &vm, &config.disks)?;
-        let mut backends: Vec<Backend> = add_nets(&mut platform, &vm, &config.nets, &mut virtio)?
-            .into_iter()
-            .map(|receiver| Box::new(receiver) as Backend)
-            .collect();
+        let mut virtio = Vec::new();
+        add_disks(&mut platform, &vm, &config.disks, &mut virtio)?;
+        let mut backends = add_nets(&mut platform, &vm, &config.nets, &mut virtio)?;
         backends.extend(add_vsock(
             &mut platform,
             &vm,

@@ -8,6 +8,7 @@
 //! - [`vsock`]: virtio-vsock, host side on Unix sockets.
 
 pub mod block;
+mod chain;
 pub mod mmio;
 pub mod net;
 #[cfg(test)]

@@ -23,7 +23,7 @@
 //! [`MmioTransport::run_live`](super::mmio::MmioTransport::run_live), so
 //! that a device needing a reset is left alone).
 
-mod chain;
+use super::chain;
 mod rx;
 pub mod tap;
 mod tx;

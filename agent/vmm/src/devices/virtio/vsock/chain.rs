@@ -1,37 +1,21 @@
 //! Descriptor chains of the vsock queues, checked whole before any byte
-//! moves: every descriptor in the queue's one direction (device-readable
-//! on transmit, device-writable on receive), inside guest RAM, the chain
-//! properly ended (virtio-queue silently stops a walk at a loop, a next
-//! index past the table or a bad indirect table, which this catches) and
-//! at most [`MAX_DESCRIPTORS`] long. A packet (header, then payload) may
-//! be split across the buffers anywhere, the header included.
+//! moves (by the checks all copying devices share, [`super::super::chain`]),
+//! and the packets in them: a packet (header, then payload) may be split
+//! across the buffers anywhere, the header included.
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::packet::{Header, HEADER_LEN};
 
-/// Most descriptors a chain may have (the largest queue's size).
-pub(super) const MAX_DESCRIPTORS: usize = 256;
+pub(super) use super::super::chain::MAX_DESCRIPTORS;
 
-/// Why a chain was refused.
+/// Why a chain or the packet in it was refused.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ChainError {
-    /// No descriptor at all (e.g. a bad indirect table at the head).
-    #[error("no descriptor")]
-    Empty,
-    /// The walk stopped at a descriptor that still says NEXT.
-    #[error("the chain does not end")]
-    Unterminated,
-    /// More than [`MAX_DESCRIPTORS`].
-    #[error("more than {MAX_DESCRIPTORS} descriptors")]
-    TooManyDescriptors,
-    /// A descriptor in the wrong direction for the queue.
-    #[error("a device-{0} descriptor")]
-    Direction(&'static str),
-    /// A buffer not wholly inside guest RAM.
-    #[error("buffer {0:#x}+{1:#x} is not inside guest RAM")]
-    OutsideRam(u64, u32),
+    /// The chain itself: direction, RAM, length, end.
+    #[error(transparent)]
+    Chain(#[from] super::super::chain::ChainError),
     /// Too small for a packet header.
     #[error("{0} bytes: shorter than a packet header")]
     Short(u64),
@@ -50,36 +34,15 @@ pub(super) enum ChainError {
     Memory(#[from] GuestMemoryError),
 }
 
-/// Walks `chain` into `out` (cleared first): all `writable` (or all
-/// device-readable), inside `memory`; returns their total length.
+/// Checks `chain` whole into `out` (see [`super::super::chain::buffers`]);
+/// returns the buffers' total length.
 pub(super) fn buffers(
     memory: &GuestMemoryMmap,
     chain: impl Iterator<Item = Descriptor>,
     writable: bool,
     out: &mut Vec<Descriptor>,
 ) -> Result<u64, ChainError> {
-    out.clear();
-    let mut total = 0u64;
-    for descriptor in chain.take(MAX_DESCRIPTORS + 1) {
-        if out.len() == MAX_DESCRIPTORS {
-            return Err(ChainError::TooManyDescriptors);
-        }
-        if descriptor.is_write_only() != writable {
-            let wrong = if writable { "readable" } else { "writable" };
-            return Err(ChainError::Direction(wrong));
-        }
-        let (addr, len) = (descriptor.addr(), descriptor.len());
-        if len != 0 && !memory.check_range(addr, len as usize) {
-            return Err(ChainError::OutsideRam(addr.0, len));
-        }
-        total += u64::from(len);
-        out.push(descriptor);
-    }
-    match out.last() {
-        None => Err(ChainError::Empty),
-        Some(last) if last.has_next() => Err(ChainError::Unterminated),
-        Some(_) => Ok(total),
-    }
+    Ok(super::super::chain::buffers(memory, chain, writable, out)?)
 }
 
 /// The pieces of the buffers `descriptors` from byte `offset` of their

@@ -1,5 +1,5 @@
 //! Checking a descriptor chain the guest made available, before any
-//! byte moves: every descriptor in the one direction the queue uses
+//! byte moves (shared by the devices that copy whole chains: net, vsock): every descriptor in the one direction the queue uses
 //! (device-readable for transmit, device-writable for receive), inside
 //! guest RAM, the chain properly ended (the last descriptor without
 //! NEXT: virtio-queue silently stops a walk at a loop, a next index past
@@ -10,7 +10,8 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 /// Most descriptors a chain may have (the largest queue's size; Linux
-/// uses one or two per frame, up to about 20 for big receive buffers).
+/// uses one or two per frame or packet, up to about 20 for big receive
+/// buffers).
 pub(super) const MAX_DESCRIPTORS: usize = 256;
 
 /// Why a chain was refused.
