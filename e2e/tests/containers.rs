@@ -314,7 +314,10 @@ fn containers_run_restart_report_ooms_and_survive_agent_restarts() {
         .apply(&manifest(s.dir.path(), &device, "  []\n"));
     wait_until(WAIT, || s.runc.ids().is_empty().then_some(()))
         .unwrap_or_else(|| panic!("containers left: {:?}", s.runc.ids()));
-    assert!(!s.runc.state.join("containers").join(&web).exists());
+    // The runtime deletes the container first, then its directory.
+    let directory = s.runc.state.join("containers").join(&web);
+    wait_until(WAIT, || (!directory.exists()).then_some(()))
+        .unwrap_or_else(|| panic!("{} left behind", directory.display()));
 }
 
 #[test]

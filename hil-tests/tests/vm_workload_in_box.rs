@@ -238,7 +238,7 @@ fn vm_workload(arch: Arch, cmdline: &str) {
         reference("disk"),
     );
     let path = lab.dir().join("guests.yaml");
-    std::fs::write(&path, manifest).expect("write manifest");
+    std::fs::write(&path, &manifest).expect("write manifest");
     lab.controller.apply(&path);
 
     // Running, and the guest booted and read its disk.
@@ -358,4 +358,30 @@ fn vm_workload(arch: Arch, cmdline: &str) {
     let d = lab.controller.describe(&device).expect("describe");
     let vm = object(&d, "guest1").expect("guest1 described");
     assert_eq!(vm["restarts"].as_u64(), Some(1), "{vm:#}");
+
+    // Removing the VM asks its guest agent to power the guest off: the
+    // guest shuts down by itself and the VMM exits, no signal needed.
+    let mark = edge.console_text().len();
+    let slice_only = manifest
+        .split_once("workloads:")
+        .map(|(head, _)| format!("{head}workloads: []\n"))
+        .expect("the manifest lists workloads");
+    std::fs::write(&path, slice_only).expect("write manifest");
+    lab.controller.apply(&path);
+    let clean = wait_until(CONVERGE, || {
+        edge.console_text()[mark..]
+            .contains("guest powered off cleanly")
+            .then_some(())
+    });
+    if clean.is_none() {
+        lab.fail(&edge, "removing the VM did not power its guest off cleanly");
+    }
+    assert!(
+        !edge
+            .sh(&format!(
+                "kill -0 {new_pid} 2>/dev/null && echo alive; true"
+            ))
+            .contains("alive"),
+        "the VMM outlived its removal"
+    );
 }

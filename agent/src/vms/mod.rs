@@ -38,6 +38,10 @@ use process::{Launch, Liveness, VmDir, VmmProcess};
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a VMM may take to stop its guest after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a guest agent may take to acknowledge POWEROFF.
+const POWEROFF_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a guest may take to power off once its agent acknowledged.
+const GUEST_POWEROFF_TIMEOUT: Duration = Duration::from_secs(20);
 /// Guest memory when the spec gives none.
 const DEFAULT_MEMORY_MIB: u32 = 256;
 /// How long a new VMM may take to create its tap.
@@ -359,20 +363,53 @@ fn memory_mib(workload: &WorkloadSpec) -> u32 {
     }
 }
 
-/// Stops a VMM: SIGTERM (it stops the guest and exits), SIGKILL after
-/// [`STOP_TIMEOUT`].
-async fn stop(process: VmmProcess, mut child: Option<Child>) {
-    process.signal(Signal::SIGTERM);
-    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
-    while process.liveness() == Liveness::Alive {
+/// Waits up to `timeout` for the VMM to exit (reaping it when it is our
+/// child); returns whether it did.
+async fn exited_within(process: VmmProcess, child: &mut Option<Child>, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
         if let Some(child) = child.as_mut() {
             let _ = child.try_wait();
         }
+        if process.liveness() == Liveness::Exited {
+            return true;
+        }
         if tokio::time::Instant::now() >= deadline {
-            warn!(pid = process.pid, "VMM did not stop on SIGTERM; killing it");
-            process.signal(Signal::SIGKILL);
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops VM `name`'s VMM. First the guest is asked to power off through
+/// its guest agent (its OS then syncs and unmounts its disks) and given
+/// [`GUEST_POWEROFF_TIMEOUT`]; without a guest agent answering, or when the
+/// guest takes longer, SIGTERM (the VMM stops the guest and exits), and
+/// SIGKILL after [`STOP_TIMEOUT`].
+async fn stop(name: &str, dir: &VmDir, process: VmmProcess, mut child: Option<Child>) {
+    match health::request_poweroff(dir.path(), POWEROFF_REQUEST_TIMEOUT).await {
+        Ok(()) => {
+            info!(vm = name, "asked the guest agent to power the guest off");
+            if exited_within(process, &mut child, GUEST_POWEROFF_TIMEOUT).await {
+                info!(vm = name, "guest powered off cleanly");
+                if let Some(mut child) = child {
+                    let _ = child.wait();
+                }
+                return;
+            }
+            warn!(
+                vm = name,
+                "guest still up {}s after POWEROFF; stopping its VMM",
+                GUEST_POWEROFF_TIMEOUT.as_secs()
+            );
+        }
+        Err(reason) => debug!(vm = name, %reason, "no clean power-off through a guest agent"),
+    }
+    process.signal(Signal::SIGTERM);
+    if !exited_within(process, &mut child, STOP_TIMEOUT).await {
+        warn!(pid = process.pid, "VMM did not stop on SIGTERM; killing it");
+        process.signal(Signal::SIGKILL);
+        exited_within(process, &mut child, STOP_TIMEOUT).await;
     }
     if let Some(mut child) = child {
         let _ = child.wait();
@@ -552,7 +589,7 @@ impl Runtime for VmRuntime {
                     .borrow_mut()
                     .remove(name)
                     .and_then(|r| r.child);
-                stop(process, child).await;
+                stop(name, &dir, process, child).await;
             }
             check_limits(workload, vm)?;
             let launch = Launch {
@@ -598,7 +635,7 @@ impl Runtime for VmRuntime {
                 .remove(name)
                 .and_then(|r| r.child);
             if let Some(process) = VmmProcess::load(&dir.pid_file()) {
-                stop(process, child).await;
+                stop(name, &dir, process, child).await;
             }
             if let Some(shared) = &inner.slice_net {
                 let mut net = shared.lock().await;

@@ -1,7 +1,8 @@
 //! `cargo xtask bench vmm`: mecvisor's microVMM (`edge-agent vmm`, crate
-//! `agent/vmm`), release build.
+//! `agent/vmm`), the static release binary edge boxes run.
 //!
-//! 1. On this host, with a tiny guest the benchmark writes itself (an ELF
+//! 1. On this host (this architecture's static musl binary, as shipped),
+//!    with a tiny guest the benchmark writes itself (an ELF
 //!    whose first instructions write `X` to COM1 and then spin; this host's
 //!    KVM runs such guests but cannot boot Linux):
 //!    - the VMM process's RSS without guest memory (total RSS minus the
@@ -30,7 +31,7 @@ use super::table::Table;
 
 /// Runs the benchmark; failures become ERROR rows, not aborts.
 pub fn run() -> Result<Table> {
-    let mut table = Table::new("microVMM (edge-agent vmm, release build)");
+    let mut table = Table::new("microVMM (edge-agent vmm, static release build)");
     host::measure(&mut table);
     in_box::measure(&mut table);
     Ok(table)
