@@ -394,15 +394,20 @@ async fn stop(name: &str, dir: &VmDir, process: VmmProcess, mut child: Option<Ch
     // guest's vsock driver sends from a worker a power-off need not wait
     // for), so a failed request still gets a short grace, and the exit
     // record tells whether the guest powered off.
-    let grace = match health::request_poweroff(dir.path(), POWEROFF_REQUEST_TIMEOUT).await {
+    let acknowledged = match health::request_poweroff(dir.path(), POWEROFF_REQUEST_TIMEOUT).await {
         Ok(()) => {
             info!(vm = name, "asked the guest agent to power the guest off");
-            GUEST_POWEROFF_TIMEOUT
+            true
         }
         Err(reason) => {
             debug!(vm = name, %reason, "no clean power-off through a guest agent");
-            POWEROFF_RACE_GRACE
+            false
         }
+    };
+    let grace = if acknowledged {
+        GUEST_POWEROFF_TIMEOUT
+    } else {
+        POWEROFF_RACE_GRACE
     };
     if exited_within(process, &mut child, grace).await {
         if let Observed::Stopped { success: true, .. } = ended(dir, None) {
@@ -413,7 +418,7 @@ async fn stop(name: &str, dir: &VmDir, process: VmmProcess, mut child: Option<Ch
         }
         return;
     }
-    if grace == GUEST_POWEROFF_TIMEOUT {
+    if acknowledged {
         warn!(
             vm = name,
             "guest still up {}s after POWEROFF; stopping its VMM",
