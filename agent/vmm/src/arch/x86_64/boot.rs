@@ -146,7 +146,8 @@ pub fn boot_linux(
 ) -> Result<Vec<Vcpu>, LinuxBootError> {
     vm.create_irqchip()?;
     let rsdp = acpi::write_tables(vm.ram(), vcpus, virtio)?;
-    let entry = load_linux(vm.ram(), kernel, initrd, cmdline, Some(rsdp))?;
+    let cmdline = cmdline_with_devices(cmdline, virtio);
+    let entry = load_linux(vm.ram(), kernel, initrd, &cmdline, Some(rsdp))?;
     let created = (0..vcpus)
         .map(|index| vm.create_vcpu(index, vcpus))
         .collect::<Result<Vec<_>, _>>()?;
@@ -159,6 +160,23 @@ pub fn boot_linux(
         }
     }
     Ok(created)
+}
+
+/// `cmdline` with a `virtio_mmio.device=<size>@<base>:<irq>` per device,
+/// for kernels built with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES and without
+/// ACPI (kernels without it, like Debian's, find the devices in the DSDT
+/// and ignore the parameter; one with both claims each window once).
+fn cmdline_with_devices(cmdline: &str, virtio: &[MmioDeviceInfo]) -> String {
+    let mut full = cmdline.to_string();
+    for device in virtio {
+        full.push_str(&format!(
+            " virtio_mmio.device={}K@{:#x}:{}",
+            device.size >> 10,
+            device.base,
+            device.irq
+        ));
+    }
+    full
 }
 
 /// Loads `kernel`, the optional `initrd` (at the top of RAM, page-aligned,
@@ -223,4 +241,20 @@ pub fn prepare_vcpu(vcpu: &Vcpu, irqchip: bool) -> Result<(), LinuxBootError> {
         interrupts::set_lint(vcpu).map_err(regs::BootError::from)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_virtio_device_is_named_on_the_command_line_too() {
+        let devices = [virtio_mmio_slot(0), virtio_mmio_slot(1)].map(|s| s.expect("slot"));
+        assert_eq!(
+            cmdline_with_devices("console=ttyS0", &devices),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 \
+             virtio_mmio.device=4K@0xd0001000:6"
+        );
+        assert_eq!(cmdline_with_devices("quiet", &[]), "quiet");
+    }
 }
