@@ -138,16 +138,36 @@ impl EdgeBox {
             .unwrap_or_default()
     }
 
+    /// Where the console log ends now, in bytes: a mark for
+    /// [`EdgeBox::console_since`] and [`EdgeBox::logged_since`].
+    pub fn console_mark(&self) -> u64 {
+        file_len(&self.spec.console_log)
+    }
+
+    /// The console output after byte `mark` (invalid UTF-8 replaced).
+    pub fn console_since(&self, mark: u64) -> String {
+        let all = std::fs::read(&self.spec.console_log).unwrap_or_default();
+        let start = usize::try_from(mark).unwrap_or(usize::MAX).min(all.len());
+        String::from_utf8_lossy(&all[start..]).into_owned()
+    }
+
     /// The whole console log (every boot).
     pub fn console_text(&self) -> String {
-        std::fs::read_to_string(&self.spec.console_log).unwrap_or_default()
+        self.console_since(0)
     }
 
     /// The console output of the current boot.
     pub fn boot_console(&self) -> String {
-        let all = std::fs::read(&self.spec.console_log).unwrap_or_default();
-        let start = (self.boot_offset as usize).min(all.len());
-        String::from_utf8_lossy(&all[start..]).into_owned()
+        self.console_since(self.boot_offset)
+    }
+
+    /// Waits up to `timeout` for `needle` on the console after byte `mark`
+    /// (e.g. a line the agent logs); returns whether it came.
+    pub fn logged_since(&self, mark: u64, needle: &str, timeout: Duration) -> bool {
+        mecvisor_e2e::wait_until(timeout, || {
+            self.console_since(mark).contains(needle).then_some(())
+        })
+        .is_some()
     }
 
     /// Waits until the current boot printed `needle` on the console and
@@ -207,10 +227,10 @@ impl EdgeBox {
 
     /// Kills the agent (`edge-agent run`, matched on its whole command line:
     /// container monitors and VMMs are edge-agent too) with SIGKILL; the
-    /// box's init starts it again. Returns the console's length before the
+    /// box's init starts it again. Returns the console's mark before the
     /// kill, to find what the new agent logs.
-    pub fn kill_agent(&self) -> usize {
-        let mark = self.console_text().len();
+    pub fn kill_agent(&self) -> u64 {
+        let mark = self.console_mark();
         self.sh(
             "for d in /proc/[0-9]*; do tr '\\0' ' ' < $d/cmdline 2>/dev/null | \
              grep -q '^/usr/bin/edge-agent run ' && kill -9 ${d#/proc/}; done; true",

@@ -133,12 +133,7 @@ fn containers_in_box(arch: Arch, device: &str) {
 
     // Kill the agent (init starts it again): web keeps its process.
     let mark = edge.kill_agent();
-    let adopted = wait_until(CONVERGE, || {
-        edge.console_text()[mark..]
-            .contains("container adopted as it runs")
-            .then_some(())
-    });
-    if adopted.is_none() {
+    if !edge.logged_since(mark, "container adopted as it runs", CONVERGE) {
         lab.fail(&edge, "the restarted agent adopted no container");
     }
     assert_eq!(crun_pid(&edge, "web"), Some(new_pid), "same web process");

@@ -288,12 +288,7 @@ fn vm_workload(arch: Arch, cmdline: &str) {
     );
     // The agent's health check reaches the guest agent through the VMM's
     // vsock socket (jailed, under seccomp) and the guest's vsock driver.
-    let healthy = wait_until(CONVERGE, || {
-        edge.console_text()
-            .contains("guest agent answers: healthy")
-            .then_some(())
-    });
-    if healthy.is_none() {
+    if !edge.logged_since(0, "guest agent answers: healthy", CONVERGE) {
         lab.fail(&edge, "the VM's health check never reached its guest agent");
     }
     let human = lab.controller.fleetctl(&["describe", "device", &device]);
@@ -337,12 +332,7 @@ fn vm_workload(arch: Arch, cmdline: &str) {
 
     // Kill the agent (init starts it again): the VMM keeps running, adopted.
     let mark = edge.kill_agent();
-    let adopted = wait_until(CONVERGE, || {
-        edge.console_text()[mark..]
-            .contains("VM adopted as it runs")
-            .then_some(())
-    });
-    if adopted.is_none() {
+    if !edge.logged_since(mark, "VM adopted as it runs", CONVERGE) {
         lab.fail(&edge, "the restarted agent did not adopt the VM");
     }
     assert_eq!(
@@ -361,19 +351,14 @@ fn vm_workload(arch: Arch, cmdline: &str) {
 
     // Removing the VM asks its guest agent to power the guest off: the
     // guest shuts down by itself and the VMM exits, no signal needed.
-    let mark = edge.console_text().len();
+    let mark = edge.console_mark();
     let slice_only = manifest
         .split_once("workloads:")
         .map(|(head, _)| format!("{head}workloads: []\n"))
         .expect("the manifest lists workloads");
     std::fs::write(&path, slice_only).expect("write manifest");
     lab.controller.apply(&path);
-    let clean = wait_until(CONVERGE, || {
-        edge.console_text()[mark..]
-            .contains("guest powered off cleanly")
-            .then_some(())
-    });
-    if clean.is_none() {
+    if !edge.logged_since(mark, "guest powered off cleanly", CONVERGE) {
         lab.fail(&edge, "removing the VM did not power its guest off cleanly");
     }
     assert!(

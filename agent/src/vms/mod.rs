@@ -413,23 +413,20 @@ async fn stop(name: &str, dir: &VmDir, process: VmmProcess, mut child: Option<Ch
         if let Observed::Stopped { success: true, .. } = ended(dir, None) {
             info!(vm = name, "guest powered off cleanly");
         }
-        if let Some(mut child) = child {
-            let _ = child.wait();
+    } else {
+        if acknowledged {
+            warn!(
+                vm = name,
+                "guest still up {}s after POWEROFF; stopping its VMM",
+                GUEST_POWEROFF_TIMEOUT.as_secs()
+            );
         }
-        return;
-    }
-    if acknowledged {
-        warn!(
-            vm = name,
-            "guest still up {}s after POWEROFF; stopping its VMM",
-            GUEST_POWEROFF_TIMEOUT.as_secs()
-        );
-    }
-    process.signal(Signal::SIGTERM);
-    if !exited_within(process, &mut child, STOP_TIMEOUT).await {
-        warn!(pid = process.pid, "VMM did not stop on SIGTERM; killing it");
-        process.signal(Signal::SIGKILL);
-        exited_within(process, &mut child, STOP_TIMEOUT).await;
+        process.signal(Signal::SIGTERM);
+        if !exited_within(process, &mut child, STOP_TIMEOUT).await {
+            warn!(pid = process.pid, "VMM did not stop on SIGTERM; killing it");
+            process.signal(Signal::SIGKILL);
+            exited_within(process, &mut child, STOP_TIMEOUT).await;
+        }
     }
     if let Some(mut child) = child {
         let _ = child.wait();
@@ -538,15 +535,10 @@ impl Runtime for VmRuntime {
     fn desired_set(&mut self, specs: &[ObjectSpec]) {
         *self.inner.desired_health.borrow_mut() = specs
             .iter()
-            .filter_map(|spec| match spec {
-                ObjectSpec::Workload(w) => match &w.kind {
-                    WorkloadKind::Vm(vm) => Some((
-                        w.name.clone(),
-                        HealthSettings::from_spec(vm.health.as_ref()?)?,
-                    )),
-                    WorkloadKind::Container(_) => None,
-                },
-                ObjectSpec::Slice(_) => None,
+            .filter_map(|spec| {
+                let (workload, vm) = vm_of(spec).ok()?;
+                let health = HealthSettings::from_spec(vm.health.as_ref()?)?;
+                Some((workload.name.clone(), health))
             })
             .collect();
         // The taps of desired VMs that run already (e.g. since before an

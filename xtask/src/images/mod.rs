@@ -156,12 +156,7 @@ impl Inputs {
         let archives = crate::debian::host_archives()?;
         let mut packages = BTreeMap::new();
         for &arch in arches {
-            let root = AptRoot::open(
-                &images_dir().join("apt").join(arch.debian()),
-                arch.debian(),
-                &archives,
-                refresh,
-            )?;
+            let root = apt_root(arch, &archives, refresh)?;
             let meta = root.show(&format!("linux-image-cloud-{}", arch.debian()))?;
             let kernel_name = meta
                 .depends
@@ -208,6 +203,17 @@ impl Inputs {
 /// `target/images`.
 pub fn images_dir() -> PathBuf {
     target_dir().join("images")
+}
+
+/// The private apt root of `arch` under [`images_dir`] (see
+/// [`AptRoot::open`] for `archives` and `refresh`).
+pub fn apt_root(arch: Arch, archives: &[crate::debian::Archive], refresh: bool) -> Result<AptRoot> {
+    AptRoot::open(
+        &images_dir().join("apt").join(arch.debian()),
+        arch.debian(),
+        archives,
+        refresh,
+    )
 }
 
 /// Builds the requested images and prints what was built and what was cached.

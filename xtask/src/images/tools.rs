@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 
 use super::apt::{unpacked_path, AptRoot, PackageInfo};
 use super::cas::Cas;
-use super::images_dir;
+use super::{apt_root, images_dir};
 use crate::cross::Arch;
 use crate::shell;
 
@@ -79,13 +79,7 @@ pub fn unpack_data(arch: Arch, package: &str, payload: &Path) -> Result<PathBuf>
 /// The content-addressed store and the private apt root of `arch`.
 fn open_store(arch: Arch) -> Result<(Cas, AptRoot)> {
     let cas = Cas::open(&images_dir())?;
-    let archives = crate::debian::host_archives()?;
-    let root = AptRoot::open(
-        &images_dir().join("apt").join(arch.debian()),
-        arch.debian(),
-        &archives,
-        false,
-    )?;
+    let root = apt_root(arch, &crate::debian::host_archives()?, false)?;
     Ok((cas, root))
 }
 
