@@ -43,13 +43,13 @@ fn status_json(config: &Path) -> serde_json::Value {
         .arg(config)
         .args(["-o", "json"])
         .output()
-        .unwrap();
+        .expect("running edge-agent status");
     assert!(
         out.status.success(),
         "status failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&out.stdout).expect("edge-agent status printed JSON")
 }
 
 fn desired(generation: u64) -> DesiredState {
@@ -377,8 +377,8 @@ impl Gate {
     async fn start(broker_port: u16) -> Gate {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::Arc;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
+        let port = listener.local_addr().expect("the bound address").port();
         let up = Arc::new(AtomicBool::new(false));
         let epoch = Arc::new(AtomicU64::new(0));
         let (gate_up, gate_epoch) = (up.clone(), epoch.clone());

@@ -12,7 +12,7 @@ fn fleetctl(api: &str, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .env("FLEETCTL_SERVER", api)
         .output()
-        .unwrap();
+        .expect("running fleetctl");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -85,8 +85,8 @@ impl Listener for VsockListener {
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         Ok(VsockStream {
+            // SAFETY: `raw` is a fresh descriptor that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(raw) },
         })
     }

@@ -49,7 +49,7 @@ impl Controller {
     fn start(data_dir: &Path, mqtt_port: u16, extra: &[&str]) -> Controller {
         let api_port = free_port();
         let log = data_dir.join(format!("controller-{api_port}.log"));
-        let log_file = std::fs::File::create(&log).unwrap();
+        let log_file = std::fs::File::create(&log).expect("creating the controller log");
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--data-dir".into(),
@@ -94,7 +94,7 @@ impl Controller {
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.child.try_wait().expect("polling the controller process").is_none()
     }
 
     /// Stops it and waits for it to exit.
@@ -155,7 +155,7 @@ pub fn example_manifest() -> String {
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/fleet.yaml"
     ))
-    .unwrap()
+    .expect("reading examples/fleet.yaml")
 }
 
 /// Starts a real mosquitto (the e2e test kit's), or returns `None` after
@@ -221,7 +221,7 @@ impl FakeDevice {
         dev.client
             .subscribe(topics::desired(name), QoS::AtLeastOnce)
             .await
-            .unwrap();
+            .expect("subscribing to the desired topic");
         dev.wait_for("suback", |s| matches!(s, Seen::Subscribed))
             .await;
         dev
@@ -267,7 +267,7 @@ impl FakeDevice {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
-            .unwrap();
+            .expect("publishing");
     }
 }
 

@@ -14,13 +14,19 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
-/// nf_tables message types.
+/// nf_tables message type: creates a table.
 pub const NFT_MSG_NEWTABLE: u16 = 0;
+/// Reads (dumps) tables.
 pub const NFT_MSG_GETTABLE: u16 = 1;
+/// Deletes a table.
 pub const NFT_MSG_DELTABLE: u16 = 2;
+/// Creates a chain.
 pub const NFT_MSG_NEWCHAIN: u16 = 3;
+/// Reads (dumps) chains.
 pub const NFT_MSG_GETCHAIN: u16 = 4;
+/// Appends a rule.
 pub const NFT_MSG_NEWRULE: u16 = 6;
+/// Reads (dumps) rules.
 pub const NFT_MSG_GETRULE: u16 = 7;
 
 const NLMSG_ERROR: u16 = 2;
@@ -35,17 +41,29 @@ const NLM_F_APPEND: u16 = 0x800;
 pub const FAMILY_INET: u8 = 1;
 
 // Table, chain, hook, rule, expression attributes.
+/// A table's name.
 pub const NFTA_TABLE_NAME: u16 = 1;
+/// The table a chain belongs to.
 pub const NFTA_CHAIN_TABLE: u16 = 1;
+/// A chain's name.
 pub const NFTA_CHAIN_NAME: u16 = 3;
+/// A base chain's hook (nested: hook number and priority).
 pub const NFTA_CHAIN_HOOK: u16 = 4;
+/// A base chain's policy (accept or drop).
 pub const NFTA_CHAIN_POLICY: u16 = 5;
+/// A base chain's type (`filter`).
 pub const NFTA_CHAIN_TYPE: u16 = 7;
+/// The netfilter hook (forward, input, ...).
 pub const NFTA_HOOK_HOOKNUM: u16 = 1;
+/// The base chain's priority at its hook.
 pub const NFTA_HOOK_PRIORITY: u16 = 2;
+/// The table a rule belongs to.
 pub const NFTA_RULE_TABLE: u16 = 1;
+/// The chain a rule belongs to.
 pub const NFTA_RULE_CHAIN: u16 = 2;
+/// A rule's expressions (nested list).
 pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
+/// A rule's user data (mecvisor's tag, shown as its comment).
 pub const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;

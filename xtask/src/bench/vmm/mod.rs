@@ -1,5 +1,5 @@
 //! `cargo xtask bench vmm`: mecvisor's microVMM (`edge-agent vmm`, crate
-//! `agent/vmm`), the static release binary edge boxes run.
+//! `vmm/`), the static release binary edge boxes run.
 //!
 //! 1. On this host (this architecture's static musl binary, as shipped),
 //!    with a tiny guest the benchmark writes itself (an ELF

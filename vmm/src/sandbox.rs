@@ -81,15 +81,15 @@ impl Jail {
         if !keep.is_absolute() || !keep.is_dir() {
             return Err(SandboxError::BadDirectory(keep.to_path_buf()));
         }
-        // SAFETY: unshare takes flags only.
         check(
+            // SAFETY: unshare takes flags only.
             unsafe { libc::unshare(libc::CLONE_NEWNS) },
             "unshare the mount namespace",
         )?;
         let root = c_path(Path::new("/"))?;
-        // SAFETY: valid NUL-terminated path; null source, type and data are
-        // allowed when only changing propagation.
         check(
+            // SAFETY: valid NUL-terminated path; null source, type and data are
+            // allowed when only changing propagation.
             unsafe {
                 libc::mount(
                     std::ptr::null(),
@@ -121,9 +121,9 @@ impl Jail {
         let tmpfs = CString::new("tmpfs").map_err(|_| SandboxError::BadDirectory(root.clone()))?;
         let options = CString::new("size=64k,mode=0755")
             .map_err(|_| SandboxError::BadDirectory(root.clone()))?;
-        // SAFETY: valid NUL-terminated strings; the mount lives in this
-        // process's own mount namespace.
         check(
+            // SAFETY: valid NUL-terminated strings; the mount lives in this
+            // process's own mount namespace.
             unsafe {
                 libc::mount(
                     tmpfs.as_ptr(),
@@ -143,9 +143,9 @@ impl Jail {
         std::fs::create_dir_all(&inside).map_err(os(format!("create {}", inside.display())))?;
         let keep_c = c_path(&self.keep)?;
         let inside_c = c_path(&inside)?;
-        // SAFETY: valid NUL-terminated paths; a bind mount ignores type and
-        // data.
         check(
+            // SAFETY: valid NUL-terminated paths; a bind mount ignores type and
+            // data.
             unsafe {
                 libc::mount(
                     keep_c.as_ptr(),
@@ -157,14 +157,14 @@ impl Jail {
             },
             "bind the VM's directory into the jail",
         )?;
-        // SAFETY: valid NUL-terminated path.
         check(
+            // SAFETY: valid NUL-terminated path.
             unsafe { libc::chroot(root_c.as_ptr()) },
             "chroot into the jail",
         )?;
         let slash = c_path(Path::new("/"))?;
-        // SAFETY: valid NUL-terminated path.
         check(
+            // SAFETY: valid NUL-terminated path.
             unsafe { libc::chdir(slash.as_ptr()) },
             "chdir to the jail's root",
         )?;
@@ -176,8 +176,8 @@ impl Jail {
 /// no effective, permitted or inheritable capabilities, for this thread
 /// and the threads it starts afterwards.
 fn drop_privileges() -> Result<(), SandboxError> {
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
     check(
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
         "set no_new_privs",
     )?;
@@ -209,9 +209,9 @@ fn drop_privileges() -> Result<(), SandboxError> {
         permitted: 0,
         inheritable: 0,
     }; 2];
-    // SAFETY: capset reads a version-3 header and two data structs, which
-    // live on this frame for the call.
     check(
+        // SAFETY: capset reads a version-3 header and two data structs, which
+        // live on this frame for the call.
         unsafe {
             libc::syscall(libc::SYS_capset, &header as *const Header, empty.as_ptr()) as libc::c_int
         },
