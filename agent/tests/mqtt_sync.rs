@@ -377,7 +377,9 @@ impl Gate {
     async fn start(broker_port: u16) -> Gate {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::Arc;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a loopback port");
         let port = listener.local_addr().expect("the bound address").port();
         let up = Arc::new(AtomicBool::new(false));
         let epoch = Arc::new(AtomicU64::new(0));

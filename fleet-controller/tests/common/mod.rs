@@ -94,7 +94,10 @@ impl Controller {
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.try_wait().expect("polling the controller process").is_none()
+        self.child
+            .try_wait()
+            .expect("polling the controller process")
+            .is_none()
     }
 
     /// Stops it and waits for it to exit.
