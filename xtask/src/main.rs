@@ -17,6 +17,7 @@ mod hil;
 mod images;
 mod procs;
 mod shell;
+mod supply_chain;
 mod test;
 mod timing;
 
@@ -45,8 +46,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the CI pipeline (what `.ci/run` runs): install missing tools,
-    /// rustfmt check, clippy -D warnings, RustSec advisory check of
-    /// Cargo.lock (offline), build all binaries, run all tests.
+    /// rustfmt check, clippy -D warnings, cargo-deny (RustSec advisories,
+    /// licences, bans, sources), build all binaries, run all tests, the
+    /// edge box lab.
     ///
     /// Every step prints a header and its duration; the run stops at the
     /// first failed step and names it. A summary of all steps ends the run.

@@ -4,7 +4,6 @@
 //! failure stops the run and is named in the error, and a summary of every
 //! step (with durations) ends the output either way.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -31,22 +30,10 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 
-/// Advisories deliberately accepted by the audit step, as `(id, reason)`.
-///
-/// Keep this list empty unless an advisory is informational only (for
-/// example "unmaintained") and sits in a transitive dependency we cannot
-/// avoid; the reason must name the dependency chain, e.g.
-/// `("RUSTSEC-XXXX-NNNN", "rumqttc -> rustls-pemfile: unmaintained")`.
-///
-/// Currently empty: the rumqttc TLS features (which pulled rustls-webpki
-/// 0.102.8 with four advisories and the unmaintained rustls-pemfile) are off;
-/// TLS goes through mqtt-transport's own rustls 0.23 stack.
-const AUDIT_IGNORES: &[(&str, &str)] = &[];
-
 /// Options of `cargo xtask test`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Skip a step (repeatable), e.g. `--skip audit`. CI never skips.
+    /// Skip a step (repeatable), e.g. `--skip lab`. CI never skips.
     #[arg(long, value_enum)]
     skip: Vec<Step>,
     /// Do not install anything; fail instead when a tool is missing.
@@ -65,9 +52,13 @@ enum Step {
     Fmt,
     /// `cargo clippy --workspace --all-targets -- -D warnings`.
     Clippy,
-    /// `cargo audit` of Cargo.lock against the offline RustSec snapshot
-    /// (../shared/advisory-db or $MECVISOR_ADVISORY_DB); installs cargo-audit if missing.
-    Audit,
+    /// cargo-deny over the dependency graph (`deny.toml`): RustSec
+    /// advisories, licences, banned and duplicate crates, sources. The
+    /// advisory database: $MECVISOR_ADVISORY_DB, else ../shared/advisory-db
+    /// when present, else cargo-deny's own fetch; installs cargo-deny if
+    /// missing.
+    #[value(alias = "audit")]
+    Deny,
     /// `cargo build --workspace --bins`.
     Build,
     /// `cargo test --workspace --no-fail-fast` (every test target runs, all
@@ -84,7 +75,7 @@ const STEPS: [Step; 7] = [
     Step::Deps,
     Step::Fmt,
     Step::Clippy,
-    Step::Audit,
+    Step::Deny,
     Step::Build,
     Step::Test,
     Step::Lab,
@@ -96,7 +87,7 @@ impl Step {
             Step::Deps => "deps",
             Step::Fmt => "fmt",
             Step::Clippy => "clippy",
-            Step::Audit => "audit",
+            Step::Deny => "deny",
             Step::Build => "build",
             Step::Test => "test",
             Step::Lab => "lab",
@@ -115,7 +106,7 @@ impl Step {
                 "-D",
                 "warnings",
             ])),
-            Step::Audit => audit(args.no_install),
+            Step::Deny => crate::supply_chain::check(args.no_install),
             Step::Build => shell::run(cargo_cmd().args(["build", "--workspace", "--bins"])),
             Step::Test => run_tests(counts),
             Step::Lab => crate::hil::suite(None, false, counts),
@@ -300,47 +291,6 @@ fn install_deps(no_install: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Location of the offline RustSec advisory database.
-fn advisory_db() -> Result<PathBuf> {
-    let path = match std::env::var_os("MECVISOR_ADVISORY_DB") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join("../shared/advisory-db"),
-    };
-    if !path.join("crates").is_dir() {
-        bail!(
-            "no RustSec advisory database at {} (expected a `crates` directory); \
-             set MECVISOR_ADVISORY_DB to a checkout of github.com/rustsec/advisory-db",
-            path.display()
-        );
-    }
-    path.canonicalize()
-        .with_context(|| format!("resolving {}", path.display()))
-}
-
-/// Checks Cargo.lock against the advisory snapshot, offline.
-fn audit(no_install: bool) -> Result<()> {
-    let db = advisory_db()?;
-    if let Ok(snapshot) = std::fs::read_to_string(db.join("SNAPSHOT")) {
-        println!("advisory db {}: {}", db.display(), snapshot.trim());
-    }
-    if !shell::succeeds(cargo_cmd().args(["audit", "--version"])) {
-        if no_install {
-            bail!("cargo-audit is not installed (--no-install)");
-        }
-        println!("cargo-audit missing; installing it (takes several minutes)");
-        shell::run(cargo_cmd().args(["install", "cargo-audit", "--locked"]))?;
-    }
-    let mut cmd = cargo_cmd();
-    cmd.args(["audit", "--no-fetch", "--db"])
-        .arg(&db)
-        .args(["--deny", "warnings"]);
-    for (id, reason) in AUDIT_IGNORES {
-        println!("ignoring {id}: {reason}");
-        cmd.args(["--ignore", id]);
-    }
-    shell::run(&mut cmd)
 }
 
 #[cfg(test)]
