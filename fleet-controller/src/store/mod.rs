@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::Manifest;
 
+pub mod schema;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -25,6 +27,10 @@ pub enum StoreError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// The database could not be opened, set up or migrated (or was
+    /// written by a newer controller).
+    #[error("cannot open the database {0}")]
+    Open(#[from] durable_sqlite::OpenError),
     /// A JSON column could not be encoded or decoded.
     #[error("corrupt {context} column: {source}")]
     Json {
@@ -57,54 +63,6 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS devices (
-    name TEXT PRIMARY KEY,
-    arch TEXT NOT NULL DEFAULT '',
-    agent_version TEXT NOT NULL DEFAULT '',
-    labels TEXT NOT NULL DEFAULT '{}',
-    online INTEGER NOT NULL DEFAULT 0,
-    last_seen_ms INTEGER NOT NULL DEFAULT 0,
-    hello_generation INTEGER NOT NULL DEFAULT 0,
-    acked_generation INTEGER NOT NULL DEFAULT 0,
-    applied_generation INTEGER NOT NULL DEFAULT 0,
-    state_seq INTEGER NOT NULL DEFAULT 0,
-    objects TEXT NOT NULL DEFAULT '[]',
-    last_error TEXT NOT NULL DEFAULT '',
-    store_id INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS manifests (
-    name TEXT PRIMARY KEY,
-    body TEXT NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS desired (
-    device TEXT PRIMARY KEY,
-    generation INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    signed BLOB NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS reports (
-    device TEXT NOT NULL,
-    store_id INTEGER NOT NULL DEFAULT 0,
-    seq INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    UNIQUE(device, store_id, seq)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    device TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    severity TEXT NOT NULL,
-    object TEXT,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_device ON events(device, id);
-";
 
 /// One row of the `devices` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,16 +144,7 @@ impl Store {
     /// Opens (creating if needed) the database at `path`, in WAL mode with
     /// `synchronous=FULL`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).ctx("opening the database")?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .ctx("enabling WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .ctx("setting synchronous=FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .ctx("enabling foreign keys")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .ctx("setting the busy timeout")?;
-        conn.execute_batch(SCHEMA).ctx("creating the schema")?;
+        let conn = durable_sqlite::open(path, schema::MIGRATIONS)?;
         Ok(Store { conn })
     }
 
@@ -605,57 +554,4 @@ pub fn device_exists(store: &Store, name: &str) -> Result<bool, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reports_are_stored_once_per_seq_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        {
-            let mut store = Store::open(&path).unwrap();
-            let tx = store.transaction().unwrap();
-            tx.ensure_device("edge-1").unwrap();
-            assert!(tx.insert_report("edge-1", 7, 1, 10, "{}").unwrap());
-            assert!(!tx.insert_report("edge-1", 7, 1, 10, "{}").unwrap());
-            assert!(tx.insert_report("edge-1", 7, 2, 11, "{}").unwrap());
-            assert!(tx.insert_report("edge-2", 7, 1, 11, "{}").unwrap());
-            // A re-provisioned box: new store, seqs from 1 again, all kept.
-            assert!(tx.insert_report("edge-1", 8, 1, 12, "{}").unwrap());
-            tx.commit().unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.report_count("edge-1").unwrap(), 3);
-        assert_eq!(store.device("edge-1").unwrap().unwrap().name, "edge-1");
-        assert!(device_exists(&store, "edge-1").unwrap());
-        assert!(!device_exists(&store, "edge-9").unwrap());
-    }
-
-    #[test]
-    fn older_state_reports_do_not_overwrite_newer_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("c.db")).unwrap();
-        let tx = store.transaction().unwrap();
-        tx.ensure_device("d").unwrap();
-        assert!(tx.record_state("d", 5, 3, &[]).unwrap());
-        assert!(!tx.record_state("d", 4, 2, &[]).unwrap());
-        assert_eq!(tx.device("d").unwrap().unwrap().applied_generation, 3);
-        // A new agent store restarts the ordering.
-        assert!(tx.switch_store("d", 9).unwrap());
-        assert!(!tx.switch_store("d", 9).unwrap());
-        assert!(tx.record_state("d", 1, 4, &[]).unwrap());
-        tx.commit().unwrap();
-        assert_eq!(store.device("d").unwrap().unwrap().applied_generation, 4);
-    }
-
-    #[test]
-    fn uncommitted_transactions_change_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("c.db")).unwrap();
-        {
-            let tx = store.transaction().unwrap();
-            tx.ensure_device("d").unwrap();
-        }
-        assert!(store.devices().unwrap().is_empty());
-    }
-}
+mod tests;

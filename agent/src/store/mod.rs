@@ -11,12 +11,18 @@ use mecvisor_protocol::Phase;
 use rand::Rng;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+pub mod schema;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be opened or set up.
+    /// The database could not be opened, set up or migrated (or was
+    /// written by a newer agent).
+    #[error("cannot open store {0}")]
+    Open(#[from] durable_sqlite::OpenError),
+    /// The read-only database could not be opened.
     #[error("cannot open store {path}: {source}")]
-    Open {
+    OpenReadOnly {
         /// Database file.
         path: PathBuf,
         /// Underlying error.
@@ -157,36 +163,6 @@ fn phase_from_str(text: &str) -> Result<Phase, StoreError> {
     })
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS desired (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    generation INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    signed BLOB NOT NULL,
-    accepted_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS objects (
-    name TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    message TEXT NOT NULL,
-    restarts INTEGER NOT NULL,
-    generation INTEGER NOT NULL,
-    spec BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL CHECK (kind IN ('ack', 'event', 'state', 'metrics')),
-    payload BLOB NOT NULL,
-    created_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, seq);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-";
-
 /// Handle on the agent's SQLite database.
 pub struct Store {
     conn: Connection,
@@ -200,25 +176,7 @@ impl Store {
     /// Opens (creating if needed) the store read-write, in WAL mode with
     /// `synchronous=FULL`; `max_entries` bounds the outbox.
     pub fn open(path: &Path, max_entries: u64) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(open_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Corrupt(format!(
-                "{}: journal mode is {mode}, WAL could not be enabled",
-                path.display()
-            )));
-        }
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-            .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let conn = durable_sqlite::open(path, schema::MIGRATIONS)?;
         let store = Store { conn, max_entries };
         if store.meta(STORE_ID_KEY)?.is_none() {
             let id: u64 = rand::rng().random_range(1..=u64::MAX >> 1);
@@ -277,7 +235,7 @@ impl Store {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|source| StoreError::Open {
+        .map_err(|source| StoreError::OpenReadOnly {
             path: path.to_path_buf(),
             source,
         })?;
@@ -510,188 +468,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open(dir: &tempfile::TempDir, max: u64) -> Store {
-        Store::open(&dir.path().join("agent.db"), max).unwrap()
-    }
-
-    fn kinds(store: &Store) -> Vec<(u64, OutboxKind)> {
-        store
-            .outbox_after(0, 1000)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.seq, e.kind))
-            .collect()
-    }
-
-    #[test]
-    fn wal_and_full_sync_are_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir, 100);
-        let mode: String = store
-            .conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
-        let sync: i64 = store
-            .conn
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(sync, 2, "FULL");
-    }
-
-    #[test]
-    fn outbox_is_ordered_and_deletes_by_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(&dir, 100);
-        let a = store.enqueue(OutboxKind::Ack, b"a", 1).unwrap().seq;
-        let b = store.enqueue(OutboxKind::Event, b"b", 2).unwrap().seq;
-        let c = store.enqueue(OutboxKind::Metrics, b"c", 3).unwrap().seq;
-        assert!(a < b && b < c);
-        let all = store.outbox_after(0, 10).unwrap();
-        assert_eq!(
-            all.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
-            [b"a", b"b", b"c"]
-        );
-        assert_eq!(store.outbox_after(a, 1).unwrap()[0].seq, b);
-        assert!(store.delete_outbox(b).unwrap());
-        assert!(!store.delete_outbox(b).unwrap());
-        assert_eq!(
-            kinds(&store),
-            [(a, OutboxKind::Ack), (c, OutboxKind::Metrics)]
-        );
-        assert_eq!(store.outbox_depth().unwrap(), 2);
-        // seqs are never reused, even after deleting the newest one
-        assert!(store.delete_outbox(c).unwrap());
-        let d = store.enqueue(OutboxKind::Event, b"d", 4).unwrap().seq;
-        assert!(d > c);
-    }
-
-    #[test]
-    fn full_outbox_drops_oldest_metrics_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(&dir, 10);
-        let m1 = store.enqueue(OutboxKind::Metrics, b"m1", 0).unwrap().seq;
-        let m2 = store.enqueue(OutboxKind::Metrics, b"m2", 0).unwrap().seq;
-        for _ in 0..8 {
-            store.enqueue(OutboxKind::Event, b"e", 0).unwrap();
-        }
-        assert_eq!(store.outbox_depth().unwrap(), 10);
-        let r = store.enqueue(OutboxKind::Ack, b"a", 0).unwrap();
-        assert_eq!(r.dropped_metrics, 1);
-        let seqs: Vec<u64> = kinds(&store).into_iter().map(|(s, _)| s).collect();
-        assert!(!seqs.contains(&m1), "oldest metrics dropped");
-        assert!(seqs.contains(&m2));
-        let r = store.enqueue(OutboxKind::Metrics, b"m3", 0).unwrap();
-        assert_eq!(r.dropped_metrics, 1, "m2 made room for m3");
-        assert_eq!(store.outbox_depth().unwrap(), 10);
-    }
-
-    #[test]
-    fn acks_and_events_are_never_dropped_metrics_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(&dir, 10);
-        for _ in 0..10 {
-            store.enqueue(OutboxKind::Event, b"e", 0).unwrap();
-        }
-        let err = store.enqueue(OutboxKind::Metrics, b"m", 0).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::OutboxFull {
-                    kind: OutboxKind::Metrics,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        let err = store.enqueue(OutboxKind::State, b"s", 0).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::OutboxFull {
-                    kind: OutboxKind::State,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        // acks still go in, above the bound, and nothing was dropped
-        store.enqueue(OutboxKind::Ack, b"a", 0).unwrap();
-        assert_eq!(store.outbox_depth().unwrap(), 11);
-        assert!(kinds(&store).iter().all(|(_, k)| *k != OutboxKind::Metrics));
-    }
-
-    #[test]
-    fn new_state_supersedes_unsent_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(&dir, 10);
-        store.enqueue(OutboxKind::State, b"s1", 0).unwrap();
-        for _ in 0..9 {
-            store.enqueue(OutboxKind::Event, b"e", 0).unwrap();
-        }
-        // full with no metrics, but the new state replaces the old one
-        let r = store.enqueue(OutboxKind::State, b"s2", 0).unwrap();
-        assert_eq!(r.superseded_states, 1);
-        let states: Vec<_> = store
-            .outbox_after(0, 100)
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.kind == OutboxKind::State)
-            .collect();
-        assert_eq!(states.len(), 1);
-        assert_eq!(states[0].payload, b"s2");
-        assert_eq!(store.outbox_depth().unwrap(), 10);
-    }
-
-    #[test]
-    fn everything_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let doc = StoredDesired {
-            generation: 7,
-            content_hash: "sha256:ab".into(),
-            signed: vec![1, 2, 3],
-        };
-        let rec = ObjectRecord {
-            name: "cam".into(),
-            kind: "container".into(),
-            phase: Phase::Unsupported,
-            message: "no container runtime".into(),
-            restarts: 2,
-            generation: 7,
-            spec: vec![9],
-        };
-        {
-            let mut store = open(&dir, 100);
-            assert_eq!(store.desired().unwrap(), None);
-            store.accept_desired(&doc, b"a", 5).unwrap();
-            store.replace_objects(std::slice::from_ref(&rec)).unwrap();
-            // dropped without any explicit close, like a killed process
-        }
-        let store = open(&dir, 100);
-        assert_eq!(store.desired().unwrap(), Some(doc.clone()));
-        assert_eq!(store.objects().unwrap(), vec![rec]);
-        assert_eq!(store.outbox_depth().unwrap(), 1);
-        drop(store);
-        let mut ro = Store::open_read_only(&dir.path().join("agent.db")).unwrap();
-        assert_eq!(ro.desired().unwrap(), Some(doc.clone()));
-        assert!(ro
-            .accept_desired(
-                &StoredDesired {
-                    generation: 8,
-                    ..doc
-                },
-                b"a",
-                0
-            )
-            .is_err());
-    }
-
-    #[test]
-    fn read_only_open_of_missing_store_fails() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(Store::open_read_only(&dir.path().join("none.db")).is_err());
-    }
-}
+mod tests;
