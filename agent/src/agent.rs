@@ -14,11 +14,11 @@ use tokio::task::LocalSet;
 use tracing::{error, info, warn};
 
 use crate::accept::{self, Identity};
+use crate::assembly;
 use crate::config::Config;
 use crate::link::{self, LinkContext};
 use crate::metrics;
 use crate::reconciler::{self, Backoff, Reconciler};
-use crate::runtime::Runtimes;
 use crate::status::{self, StatusError};
 use crate::store::{Store, StoreError};
 
@@ -105,7 +105,7 @@ async fn run_local(config: Config) -> Result<(), AgentError> {
     let (desired_tx, desired_rx) = watch::channel(initial);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let reconciler = Reconciler::new(Runtimes::available(&config), records, Backoff::default());
+    let reconciler = Reconciler::new(assembly::runtimes(&config), records, Backoff::default());
     let reconcile_task = tokio::task::spawn_local(reconciler::run(
         reconciler,
         desired_rx,

@@ -127,7 +127,7 @@ fn check_confinement(edge: &EdgeBox, arch: Arch, pid: i64, guest_mib: u64) {
         "the VMM is not in its cgroup: {membership}"
     );
     let limit = edge.sh(&format!("cat {cgroup}/memory.max"));
-    let overhead_mib = u64::from(edge_agent::vms::cgroup::VMM_OVERHEAD_MIB);
+    let overhead_mib = u64::from(edge_agent::runtimes::vms::cgroup::VMM_OVERHEAD_MIB);
     assert_eq!(
         limit.trim().parse::<u64>().ok(),
         Some((guest_mib + overhead_mib) << 20),

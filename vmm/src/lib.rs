@@ -1,6 +1,6 @@
 //! mecvisor's microVMM, built on the rust-vmm crates (kvm-ioctls,
 //! vm-memory, ...): one process per guest, run by the agent as
-//! `edge-agent vmm`. See `../shared/DESIGN.md`, "VMM".
+//! `edge-agent vmm`. See `docs/design.md`, "VMM", and `docs/microvmm.md`.
 //!
 //! The pieces, one concern per module:
 //! - [`memory`]: the guest's RAM, mapped in this process;
@@ -18,8 +18,6 @@
 //! - [`arch`]: what differs per architecture (register setup, boot
 //!   layout), under `arch/x86_64` and `arch/aarch64` only.
 
-#![warn(missing_docs)]
-
 pub mod arch;
 pub mod devices;
 pub mod event_loop;
@@ -31,6 +29,10 @@ pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;
+
+/// Guest memory in MiB when neither the VM workload's spec nor the
+/// `edge-agent vmm` command line gives any.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
 
 pub use machine::{Ended, Machine, MachineConfig, MachineError};
 pub use memory::{GuestRam, MemoryError};

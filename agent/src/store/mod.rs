@@ -141,6 +141,9 @@ pub struct ObjectRecord {
     pub kind: String,
     /// Life-cycle phase.
     pub phase: Phase,
+    /// The reconciler's state by name (`ObjectState::name`); empty in rows
+    /// written before schema version 2.
+    pub state: String,
     /// Last error or explanation.
     pub message: String,
     /// Restart count.
@@ -290,7 +293,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT name, kind, phase, message, restarts, generation, spec
+                "SELECT name, kind, phase, message, restarts, generation, spec, state
                  FROM objects ORDER BY name",
             )
             .map_err(query("read objects"))?;
@@ -304,17 +307,19 @@ impl Store {
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)?,
                     r.get::<_, Vec<u8>>(6)?,
+                    r.get::<_, String>(7)?,
                 ))
             })
             .map_err(query("read objects"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, kind, phase, message, restarts, generation, spec) =
+            let (name, kind, phase, message, restarts, generation, spec, state) =
                 row.map_err(query("read objects"))?;
             out.push(ObjectRecord {
                 name,
                 kind,
                 phase: phase_from_str(&phase)?,
+                state,
                 message,
                 restarts: u32::try_from(restarts).unwrap_or(u32::MAX),
                 generation: generation as u64,
@@ -331,8 +336,8 @@ impl Store {
             .map_err(query("replace objects"))?;
         for o in objects {
             tx.execute(
-                "INSERT INTO objects (name, kind, phase, message, restarts, generation, spec)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO objects (name, kind, phase, message, restarts, generation, spec, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     o.name,
                     o.kind,
@@ -340,7 +345,8 @@ impl Store {
                     o.message,
                     o.restarts as i64,
                     o.generation as i64,
-                    o.spec
+                    o.spec,
+                    o.state
                 ],
             )
             .map_err(query("replace objects"))?;

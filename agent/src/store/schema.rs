@@ -41,9 +41,16 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
+/// Version 2: each object's reconciler state by name (`stopped`,
+/// `backoff`, ...), so an agent restart resumes where it was: a workload
+/// its restart policy stopped stays stopped. Empty in rows written before.
+const V2: &str = "ALTER TABLE objects ADD COLUMN state TEXT NOT NULL DEFAULT '';";
+
 /// Every migration, oldest first; the store's version is how many ran.
-pub const MIGRATIONS: &[M<'static>] =
-    &[M::up(V1).comment("desired, objects, outbox, meta (the layout before schema versions)")];
+pub const MIGRATIONS: &[M<'static>] = &[
+    M::up(V1).comment("desired, objects, outbox, meta (the layout before schema versions)"),
+    M::up(V2).comment("objects.state: the reconciler's state"),
+];
 
 /// The schema version this agent writes.
 pub const LATEST: usize = MIGRATIONS.len();

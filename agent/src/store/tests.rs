@@ -147,6 +147,7 @@ fn everything_survives_reopen() {
         name: "cam".into(),
         kind: "container".into(),
         phase: Phase::Unsupported,
+        state: "unsupported".into(),
         message: "no container runtime".into(),
         restarts: 2,
         generation: 7,
@@ -259,6 +260,7 @@ fn a_store_written_before_schema_versions_opens_with_everything() {
         [("net", Phase::Failed, 0, 6), ("web", Phase::Running, 2, 7)]
     );
     assert_eq!(objects[0].message, "no uplink");
+    assert_eq!(objects[0].state, "", "no state before schema version 2");
     assert_eq!(
         store
             .outbox_after(0, 10)

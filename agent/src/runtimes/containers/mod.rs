@@ -7,7 +7,7 @@
 //! monitor records an exit or a health check turns a container unhealthy,
 //! and wakes the reconciler, which restarts it by its policy with backoff.
 
-mod health;
+mod probe;
 mod resolve;
 
 use std::cell::RefCell;
@@ -27,11 +27,11 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::{ObjectKind, ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
 use crate::config::ContainersConfig;
-use crate::runtime::{ObjectKind, ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
-use crate::slicing::SharedSliceNet;
+use crate::health::{HealthSettings, HealthState};
+use crate::slice_net::SharedSliceNet;
 
-pub use health::{HealthSettings, HealthState, Probe};
 pub use resolve::{container_config, volumes_dir};
 
 /// How often the watcher looks at exits and due health checks.
@@ -63,10 +63,6 @@ struct Inner {
 /// Runs container workloads.
 pub struct ContainerRuntime {
     inner: Rc<Inner>,
-}
-
-fn blocking_error(e: tokio::task::JoinError) -> RuntimeError {
-    RuntimeError(format!("worker thread failed: {e}"))
 }
 
 impl ContainerRuntime {
@@ -139,7 +135,7 @@ async fn watch(inner: Weak<Inner>) {
         }
         for (name, pid, probe, timeout) in due {
             let pid_file = inner.manager.dir(&name).path().join("health.pid");
-            let result = health::check(
+            let result = probe::check(
                 &probe,
                 inner.manager.runtime(),
                 &name,
@@ -175,7 +171,7 @@ async fn join_slice(
     slice: &str,
 ) -> Result<PathBuf, RuntimeError> {
     let Some(shared) = &inner.slice_net else {
-        return Err(RuntimeError(format!(
+        return Err(RuntimeError::Failed(format!(
             "the workload joins slice {slice}, but network slicing is off on this agent"
         )));
     };
@@ -183,7 +179,7 @@ async fn join_slice(
     let desired = net
         .slice(slice)
         .cloned()
-        .ok_or_else(|| RuntimeError(format!("slice {slice} is not desired on this box")))?;
+        .ok_or_else(|| RuntimeError::Failed(format!("slice {slice} is not desired on this box")))?;
     let address = workload
         .address
         .as_deref()
@@ -198,7 +194,7 @@ async fn join_slice(
         gateway,
     )
     .await
-    .map_err(|e| RuntimeError(e.to_string()))?;
+    .map_err(RuntimeError::failed)?;
     net.set_port(
         ObjectKind::Container,
         &workload.name,
@@ -223,7 +219,14 @@ async fn leave_slice(inner: &Inner, workload: &str) -> Result<(), RuntimeError> 
     }
     network_slicing::workload_net::remove(net.kernel(), std::path::Path::new(NETNS_DIR), workload)
         .await
-        .map_err(|e| RuntimeError(e.to_string()))
+        .map_err(RuntimeError::failed)
+}
+
+fn wrong_kind(spec: &ObjectSpec) -> RuntimeError {
+    RuntimeError::WrongKind {
+        name: spec.name().to_string(),
+        expected: ObjectKind::Container,
+    }
 }
 
 fn container_of(
@@ -232,9 +235,9 @@ fn container_of(
     match spec {
         ObjectSpec::Workload(w) => match &w.kind {
             WorkloadKind::Container(c) => Ok((w, c)),
-            WorkloadKind::Vm(_) => Err(RuntimeError("not a container".into())),
+            WorkloadKind::Vm(_) => Err(wrong_kind(spec)),
         },
-        ObjectSpec::Slice(_) => Err(RuntimeError("not a container".into())),
+        ObjectSpec::Slice(_) => Err(wrong_kind(spec)),
     }
 }
 
@@ -275,9 +278,9 @@ impl Runtime for ContainerRuntime {
             let image = inner
                 .store
                 .resolve_local(&container.image)
-                .map_err(|e| RuntimeError(e.to_string()))?
+                .map_err(RuntimeError::failed)?
                 .ok_or_else(|| {
-                    RuntimeError(format!(
+                    RuntimeError::Failed(format!(
                         "image {} is not in the content store",
                         container.image
                     ))
@@ -286,8 +289,8 @@ impl Runtime for ContainerRuntime {
             let unpack = image.clone();
             let rootfs = tokio::task::spawn_blocking(move || store.rootfs(&unpack))
                 .await
-                .map_err(blocking_error)?
-                .map_err(|e| RuntimeError(e.to_string()))?;
+                .map_err(RuntimeError::worker)?
+                .map_err(RuntimeError::failed)?;
             let network_namespace = match &workload.slice {
                 Some(slice) => Some(join_slice(inner, workload, slice).await?),
                 None => None,
@@ -300,7 +303,7 @@ impl Runtime for ContainerRuntime {
                 &rootfs,
                 &volumes,
             )
-            .map_err(RuntimeError)?;
+            .map_err(RuntimeError::Failed)?;
             config.network_namespace = network_namespace;
             let unhealthy = inner
                 .running
@@ -318,8 +321,8 @@ impl Runtime for ContainerRuntime {
                 }
             })
             .await
-            .map_err(blocking_error)?
-            .map_err(|e| RuntimeError(e.to_string()))?;
+            .map_err(RuntimeError::worker)?
+            .map_err(RuntimeError::failed)?;
             let pid = match started {
                 Started::Created { pid, rootfs } => {
                     info!(container = %name, pid, image = %image.digest, ?rootfs, "container running");
@@ -369,8 +372,8 @@ impl Runtime for ContainerRuntime {
                 }
             })
             .await
-            .map_err(blocking_error)?
-            .map_err(RuntimeError)?;
+            .map_err(RuntimeError::worker)?
+            .map_err(RuntimeError::Failed)?;
             leave_slice(inner, name).await
         })
     }
@@ -380,7 +383,7 @@ impl Runtime for ContainerRuntime {
             let manager = self.inner.manager.clone();
             tokio::task::spawn_blocking(move || manager.list())
                 .await
-                .map_err(blocking_error)
+                .map_err(RuntimeError::worker)
         })
     }
 
@@ -391,8 +394,8 @@ impl Runtime for ContainerRuntime {
             let id = name.to_string();
             let observation = tokio::task::spawn_blocking(move || manager.observe(&id))
                 .await
-                .map_err(blocking_error)?
-                .map_err(|e| RuntimeError(e.to_string()))?;
+                .map_err(RuntimeError::worker)?
+                .map_err(RuntimeError::failed)?;
             Ok(match observation {
                 Observation::Running { pid } => {
                     let mut running = inner.running.borrow_mut();
@@ -437,53 +440,6 @@ impl Runtime for ContainerRuntime {
                     Observed::Missing
                 }
             })
-        })
-    }
-}
-
-/// The content store as the reconciler's artifact store.
-pub struct ContentArtifacts {
-    store: Arc<ContentStore>,
-}
-
-impl ContentArtifacts {
-    /// Wraps a store.
-    pub fn new(store: Arc<ContentStore>) -> ContentArtifacts {
-        ContentArtifacts { store }
-    }
-}
-
-impl crate::runtime::ArtifactStore for ContentArtifacts {
-    fn ensure<'a>(&'a mut self, reference: &'a str) -> RuntimeFuture<'a, ()> {
-        Box::pin(async move {
-            self.store
-                .ensure(reference)
-                .await
-                .map(drop)
-                .map_err(|e| RuntimeError(e.to_string()))
-        })
-    }
-
-    fn retain<'a>(&'a mut self, references: &'a [String]) -> RuntimeFuture<'a, ()> {
-        Box::pin(async move {
-            let store = self.store.clone();
-            let keep = references.to_vec();
-            let report = tokio::task::spawn_blocking(move || {
-                let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-                store.gc(&keep)
-            })
-            .await
-            .map_err(blocking_error)?
-            .map_err(|e| RuntimeError(e.to_string()))?;
-            if report.blobs_removed > 0 || report.rootfs_removed > 0 {
-                info!(
-                    blobs = report.blobs_removed,
-                    bytes = report.bytes_freed,
-                    rootfs = report.rootfs_removed,
-                    "content no longer wanted removed"
-                );
-            }
-            Ok(())
         })
     }
 }

@@ -28,9 +28,9 @@ use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::containers::{HealthSettings, HealthState};
-use crate::runtime::{ObjectKind, ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
-use crate::slicing::SharedSliceNet;
+use super::{ObjectKind, ObjectSpec, Observed, Runtime, RuntimeError, RuntimeFuture};
+use crate::health::{HealthSettings, HealthState};
+use crate::slice_net::SharedSliceNet;
 use cgroup::{Hierarchy, VmCgroup};
 use process::{Launch, Liveness, VmDir, VmmProcess};
 
@@ -45,8 +45,6 @@ const GUEST_POWEROFF_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a VMM whose POWEROFF request failed may take to exit anyway
 /// (the guest powered off before its answer got out).
 const POWEROFF_RACE_GRACE: Duration = Duration::from_secs(1);
-/// Guest memory when the spec gives none.
-const DEFAULT_MEMORY_MIB: u32 = 256;
 /// How long a new VMM may take to create its tap.
 const TAP_WAIT: Duration = Duration::from_secs(10);
 
@@ -220,13 +218,20 @@ async fn check_health(inner: &Inner) -> bool {
     turned
 }
 
+fn wrong_kind(spec: &ObjectSpec) -> RuntimeError {
+    RuntimeError::WrongKind {
+        name: spec.name().to_string(),
+        expected: ObjectKind::Vm,
+    }
+}
+
 fn vm_of(spec: &ObjectSpec) -> Result<(&WorkloadSpec, &VmSpec), RuntimeError> {
     match spec {
         ObjectSpec::Workload(w) => match &w.kind {
             WorkloadKind::Vm(vm) => Ok((w, vm)),
-            WorkloadKind::Container(_) => Err(RuntimeError("not a VM".into())),
+            WorkloadKind::Container(_) => Err(wrong_kind(spec)),
         },
-        ObjectSpec::Slice(_) => Err(RuntimeError("not a VM".into())),
+        ObjectSpec::Slice(_) => Err(wrong_kind(spec)),
     }
 }
 
@@ -234,11 +239,9 @@ fn vm_of(spec: &ObjectSpec) -> Result<(&WorkloadSpec, &VmSpec), RuntimeError> {
 fn artifact_path(store: &ContentStore, reference: &str) -> Result<PathBuf, RuntimeError> {
     let image = store
         .resolve_local(reference)
-        .map_err(|e| RuntimeError(e.to_string()))?
-        .ok_or_else(|| RuntimeError(format!("{reference} is not in the content store")))?;
-    store
-        .artifact_file(&image)
-        .map_err(|e| RuntimeError(e.to_string()))
+        .map_err(RuntimeError::failed)?
+        .ok_or_else(|| RuntimeError::Failed(format!("{reference} is not in the content store")))?;
+    store.artifact_file(&image).map_err(RuntimeError::failed)
 }
 
 /// The `edge-agent vmm` arguments for `workload`: artifacts resolved to
@@ -270,7 +273,7 @@ fn launch_args(
                 std::fs::copy(&blob, &tmp)
                     .and_then(|_| std::fs::rename(&tmp, &copy))
                     .map_err(|e| {
-                        RuntimeError(format!(
+                        RuntimeError::Failed(format!(
                             "copying disk {} for {}: {e}",
                             disk.image, workload.name
                         ))
@@ -334,7 +337,7 @@ fn check_limits(workload: &WorkloadSpec, vm: &VmSpec) -> Result<(), RuntimeError
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(RuntimeError(format!(
+        Err(RuntimeError::Failed(format!(
             "VM {} cannot run here: {}",
             workload.name,
             problems.join("; ")
@@ -350,7 +353,7 @@ fn prepare_cgroup(
     workload: &WorkloadSpec,
     vm: &VmSpec,
 ) -> Result<Vec<std::fs::File>, RuntimeError> {
-    let refused = |e: String| RuntimeError(format!("cgroup of VM {}: {e}", workload.name));
+    let refused = |e: String| RuntimeError::Failed(format!("cgroup of VM {}: {e}", workload.name));
     cgroup.remove().map_err(refused)?;
     cgroup
         .prepare(memory_mib(workload), vm.vcpus)
@@ -361,7 +364,7 @@ fn prepare_cgroup(
 /// The guest memory of `workload`, the default when the spec gives none.
 fn memory_mib(workload: &WorkloadSpec) -> u32 {
     match workload.resources.memory_mib {
-        0 => DEFAULT_MEMORY_MIB,
+        0 => mecvisor_vmm::DEFAULT_MEMORY_MIB,
         mib => mib,
     }
 }
@@ -477,12 +480,12 @@ fn ended(dir: &VmDir, cgroup: Option<&VmCgroup>) -> Observed {
 /// A VM in `slice` needs network slicing on and the slice desired here.
 async fn check_slice(inner: &Inner, name: &str, slice: &str) -> Result<(), RuntimeError> {
     let Some(shared) = &inner.slice_net else {
-        return Err(RuntimeError(format!(
+        return Err(RuntimeError::Failed(format!(
             "VM {name} joins slice {slice}, but network slicing is off on this agent"
         )));
     };
     if shared.lock().await.slice(slice).is_none() {
-        return Err(RuntimeError(format!(
+        return Err(RuntimeError::Failed(format!(
             "slice {slice} is not desired on this box"
         )));
     }
@@ -504,7 +507,7 @@ async fn join_slice(
     let deadline = tokio::time::Instant::now() + TAP_WAIT;
     while !link.exists() {
         if process.liveness() == Liveness::Exited || tokio::time::Instant::now() >= deadline {
-            return Err(RuntimeError(format!(
+            return Err(RuntimeError::Failed(format!(
                 "the VMM of {name} did not create its tap {} (see {})",
                 port.name,
                 VmDir::new(&inner.root, name).vmm_log().display()
@@ -520,11 +523,11 @@ async fn join_slice(
         .kernel()
         .index_of(&tap)
         .await
-        .map_err(|e| RuntimeError(e.to_string()))?;
+        .map_err(RuntimeError::failed)?;
     net.kernel()
         .set_up(index, &format!("set tap {tap} up"))
         .await
-        .map_err(|e| RuntimeError(e.to_string()))?;
+        .map_err(RuntimeError::failed)?;
     net.set_port(ObjectKind::Vm, name, Some(port));
     net.converge().await?;
     info!(vm = name, %slice, %tap, "VM port in its slice");
@@ -569,8 +572,9 @@ impl Runtime for VmRuntime {
                 check_slice(inner, name, slice).await?;
             }
             let dir = VmDir::new(&inner.root, name);
-            std::fs::create_dir_all(dir.path())
-                .map_err(|e| RuntimeError(format!("creating {}: {e}", dir.path().display())))?;
+            std::fs::create_dir_all(dir.path()).map_err(|e| {
+                RuntimeError::Failed(format!("creating {}: {e}", dir.path().display()))
+            })?;
             let fingerprint = hex_of(&spec.fingerprint());
             let recorded =
                 VmmProcess::load(&dir.pid_file()).filter(|p| p.liveness() == Liveness::Alive);
@@ -613,12 +617,13 @@ impl Runtime for VmRuntime {
                 Some(cgroup) => prepare_cgroup(&cgroup, workload, vm)?,
                 None => Vec::new(),
             };
-            let (child, process) = process::spawn(&dir, &launch, join)
-                .map_err(|e| RuntimeError(format!("cannot start the VMM for {name}: {e}")))?;
+            let (child, process) = process::spawn(&dir, &launch, join).map_err(|e| {
+                RuntimeError::Failed(format!("cannot start the VMM for {name}: {e}"))
+            })?;
             process
                 .save(&dir.pid_file())
                 .and_then(|()| process::write_atomically(&dir.spec_file(), fingerprint.as_bytes()))
-                .map_err(|e| RuntimeError(format!("recording the VMM of {name}: {e}")))?;
+                .map_err(|e| RuntimeError::Failed(format!("recording the VMM of {name}: {e}")))?;
             info!(
                 vm = name,
                 pid = process.pid,
@@ -656,13 +661,12 @@ impl Runtime for VmRuntime {
                 }
             }
             if let Some(cgroup) = inner.cgroup(name) {
-                cgroup.remove().map_err(RuntimeError)?;
+                cgroup.remove().map_err(RuntimeError::Failed)?;
             }
             match std::fs::remove_dir_all(dir.path()) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError(format!(
-                    "removing {}: {e}",
-                    dir.path().display()
-                ))),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::Failed(
+                    format!("removing {}: {e}", dir.path().display()),
+                )),
                 _ => {
                     info!(vm = name, "VM removed");
                     Ok(())
@@ -706,7 +710,9 @@ impl Runtime for VmRuntime {
     fn present(&mut self) -> RuntimeFuture<'_, Vec<String>> {
         Box::pin(async move {
             let names = std::fs::read_dir(&self.inner.root)
-                .map_err(|e| RuntimeError(format!("listing {}: {e}", self.inner.root.display())))?
+                .map_err(|e| {
+                    RuntimeError::Failed(format!("listing {}: {e}", self.inner.root.display()))
+                })?
                 .filter_map(|entry| entry.ok())
                 .filter(|entry| entry.path().is_dir())
                 .filter_map(|entry| entry.file_name().into_string().ok())
@@ -775,7 +781,7 @@ mod tests {
         ] {
             let (w, vm) = workload(memory, vcpus, disks);
             let refused = check_limits(&w, &vm).expect_err(needle);
-            assert!(refused.0.contains(needle), "{refused}");
+            assert!(refused.to_string().contains(needle), "{refused}");
         }
     }
 

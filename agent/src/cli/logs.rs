@@ -14,7 +14,7 @@ pub fn read(
 ) -> Result<Vec<String>, String> {
     mecvisor_protocol::validate::check_name(name).map_err(|e| format!("workload {e}"))?;
     let container = containers::layout::ContainerDir::new(containers_dir, name).logs();
-    let vm = crate::vms::process::VmDir::new(&data_dir.join("vms"), name).console();
+    let vm = crate::runtimes::vms::process::VmDir::new(&data_dir.join("vms"), name).console();
     let Some(dir) = [container, vm].into_iter().find(|d| d.is_dir()) else {
         return Err(format!(
             "no logs for {name:?} on this box (no such container or VM here, or not started yet)"

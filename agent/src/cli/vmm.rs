@@ -7,8 +7,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Guest memory when none is given.
-pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// The command line when none is given: console on the first serial port,
 /// reboot through the i8042 (so a guest reboot ends the VMM), no PCI
 /// probing (the devices are not on PCI), i8042 probing cut short.
@@ -35,7 +33,7 @@ pub struct VmmArgs {
     #[arg(long, value_name = "TEXT", default_value = DEFAULT_CMDLINE)]
     pub cmdline: String,
     /// Guest memory in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB)]
+    #[arg(long, value_name = "MIB", default_value_t = mecvisor_vmm::DEFAULT_MEMORY_MIB)]
     pub memory_mib: u32,
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
