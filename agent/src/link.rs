@@ -20,7 +20,7 @@
 //! the poller clears `pending` and the book before anything else can run
 //! (single-threaded runtime, `Rc` state), so tags and requests never drift
 //! apart. After the next ConnAck the driver re-sends everything still in the
-//! outbox; the controller dedups by (device, seq).
+//! outbox; the controller dedups by (device, store_id, seq).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};

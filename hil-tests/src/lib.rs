@@ -13,8 +13,10 @@
 //! processes are killed, the namespace (with its bridge and taps) deleted.
 
 pub mod arch;
+pub mod artifacts;
 mod base64;
 pub mod edge_box;
+pub mod example;
 pub mod guest;
 pub mod images;
 pub mod lab;

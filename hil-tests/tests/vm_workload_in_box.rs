@@ -14,14 +14,13 @@
 //! - the agent is killed with SIGKILL (init starts it again): the VM keeps
 //!   its VMM process, adopted.
 
-use std::path::Path;
 use std::time::Duration;
 
 use mecvisor_e2e::wait_until;
+use mecvisor_hil::artifacts::{imported_reference, write_layout};
 use mecvisor_hil::guest::{guest_for_box_or_skip, DiskHead};
 use mecvisor_hil::{Arch, EdgeBox, Lab};
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(300);
 /// Up to running, including the guest's boot under nested KVM.
@@ -42,50 +41,6 @@ fn aarch64_box_runs_a_vm_workload() {
         Arch::Aarch64,
         "console=ttyS0 panic=-1 loglevel=4 mecvisor.stay=1",
     );
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Writes `bytes` as a blob of the layout at `dir`; returns its descriptor.
-fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> Value {
-    let hex = sha256_hex(bytes);
-    std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).expect("write blob");
-    json!({ "mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len() })
-}
-
-/// An OCI image layout at `dir` holding one single-layer artifact per
-/// `(tag, file)`, tagged as given.
-fn artifact_layout(dir: &Path, files: &[(&str, &Path)]) {
-    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-        .expect("oci-layout");
-    let config = blob(dir, "application/vnd.oci.empty.v1+json", b"{}");
-    let mut manifests = Vec::new();
-    for (tag, file) in files {
-        let bytes = std::fs::read(file).expect("read artifact file");
-        let layer = blob(dir, "application/octet-stream", &bytes);
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "artifactType": format!("application/vnd.mecvisor.{tag}"),
-            "config": config,
-            "layers": [layer],
-        });
-        let mut descriptor = blob(
-            dir,
-            "application/vnd.oci.image.manifest.v1+json",
-            manifest.to_string().as_bytes(),
-        );
-        descriptor["annotations"] = json!({ "org.opencontainers.image.ref.name": tag });
-        manifests.push(descriptor);
-    }
-    let index = json!({ "schemaVersion": 2, "manifests": manifests });
-    std::fs::write(dir.join("index.json"), index.to_string()).expect("index.json");
 }
 
 fn object<'a>(describe: &'a Value, name: &str) -> Option<&'a Value> {
@@ -190,14 +145,15 @@ fn vm_workload(arch: Arch, cmdline: &str) {
     let head = DiskHead::new(&format!("MECVISOR-TEST-DISK {} workload", arch.name()));
     let disk = payload.path().join("disk.img");
     head.write_disk(&disk, 4096);
-    artifact_layout(
+    write_layout(
         &payload.path().join("guest"),
         &[
             ("kernel", &guest.kernel),
             ("initrd", &guest.initramfs),
             ("disk", &disk),
         ],
-    );
+    )
+    .expect("write the guest's artifacts");
 
     let device = format!("vmw-{}", arch.name().replace('_', "-"));
     let mut lab = Lab::start().expect("lab network");
@@ -214,14 +170,7 @@ fn vm_workload(arch: Arch, cmdline: &str) {
     // Air-gapped import; the names it prints map tags to digests.
     let imported = edge.sh("edge-agent import /mnt/payload/guest --name guest");
     let reference = |tag: &str| -> String {
-        imported
-            .lines()
-            .find_map(|l| {
-                // Printed as the store names it: `docker.io/library/guest:<tag>`.
-                let (name, digest) = l.split_once('\t')?;
-                let repository = name.strip_suffix(&format!(":{tag}"))?;
-                Some(format!("{repository}@{}", digest.trim()))
-            })
+        imported_reference(&imported, tag)
             .unwrap_or_else(|| panic!("import printed no guest:{tag}:\n{imported}"))
     };
     let manifest = format!(

@@ -1,7 +1,7 @@
 //! Tiny guest images the VMM loads like a vmlinux: an ELF64 x86-64
 //! executable with one PT_LOAD segment, entered in 64-bit long mode. For
 //! tests and benchmarks on hosts whose KVM runs small payloads but not
-//! Linux (see DESIGN.md, "Environments you will meet").
+//! Linux (see docs/design.md, "Environments you will meet").
 
 /// File offset of the code (page aligned, as a linker puts it).
 const SEGMENT_OFFSET: u64 = 0x1000;

@@ -2,7 +2,7 @@
 //! test assembles itself (machine code, with the assembly beside it) run
 //! in 16-bit real mode and in 64-bit long mode; their port I/O, MMIO,
 //! halts and triple faults come back as the VMM's exits. This host's nested
-//! KVM runs such payloads but cannot boot Linux (see DESIGN.md).
+//! KVM runs such payloads but cannot boot Linux (see docs/design.md).
 //! Skips, saying why, where /dev/kvm cannot be opened.
 #![cfg(target_arch = "x86_64")]
 

@@ -1,4 +1,7 @@
-//! `cargo xtask demo`: a controller and one agent converging on the example manifest.
+//! `cargo xtask demo`: a controller and one agent converging on the example
+//! manifest on this host, saying which parts of it this host cannot run and
+//! why; with `--in-box`, all of it in an emulated edge box
+//! ([`crate::demo_in_box`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,9 +54,19 @@ pub struct DemoArgs {
     /// Apply this manifest instead of the embedded example.
     #[arg(long, value_name = "FILE")]
     manifest: Option<PathBuf>,
-    /// Seconds to wait for the device to come online and to converge.
+    /// Seconds to wait for the device to come online and to converge
+    /// (with --in-box: for the box to boot, and for everything to run).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     timeout: u64,
+    /// Run the example manifest whole (slices, containers, the VM) inside
+    /// an emulated edge box from the lab (QEMU; needs root; builds the box
+    /// and guest images the first time). For hosts that cannot make VLAN
+    /// links or boot Linux guests themselves.
+    #[arg(long)]
+    in_box: bool,
+    /// Architecture of the emulated box (with --in-box).
+    #[arg(long, value_enum, default_value_t = crate::cross::Arch::X86_64, requires = "in_box")]
+    arch: crate::cross::Arch,
 }
 
 /// The working directory: a temp dir removed on drop, or a directory we keep.
@@ -101,6 +114,11 @@ impl Fleetctl<'_> {
 
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> Result<()> {
+    if args.in_box {
+        // TCG boots a box and a nested guest in minutes, not seconds.
+        let timeout = Duration::from_secs(args.timeout.max(300));
+        return crate::demo_in_box::run(args.arch, timeout, args.keep_running);
+    }
     let bins = bins::build(args.release)?;
     let work = match &args.dir {
         Some(dir) => {
@@ -187,6 +205,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     println!("\n==> fleetctl describe device {DEVICE}");
     fleetctl.print(&["describe", "device", DEVICE])?;
+    print_outcome(&fleetctl)?;
     println!("\n==> edge-agent status");
     shell::run(
         Command::new(&bins.agent)
@@ -264,6 +283,42 @@ fn import_demo_image(bins: &Bins, dir: &Path, agent_config: &Path) -> bool {
             false
         }
     }
+}
+
+/// What ran and what this host skipped, per object, with the agent's own
+/// reason, and where the rest can be seen.
+fn print_outcome(fleetctl: &Fleetctl) -> Result<()> {
+    let device = fleetctl.json(&["describe", "device", DEVICE])?;
+    let objects = device
+        .get("objects")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    println!("\n==> what ran on this host, and what it skipped");
+    for o in &objects {
+        let field = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        let (name, kind, phase) = (field("name"), field("kind"), field("phase"));
+        if phase == "running" {
+            println!("  {kind:<9} {name:<16} running");
+        } else {
+            println!(
+                "  {kind:<9} {name:<16} skipped here ({phase}): {}",
+                field("message")
+            );
+        }
+    }
+    let vlan = std::path::Path::new("/sys/module/8021q").exists();
+    println!(
+        "  why: the demo agent leaves this host's network alone ([slicing] off), so the \
+         example's slices, and the workloads that join them, do not run; this kernel {} \
+         VLAN links (8021q); the example's images are in a registry this demo does not reach",
+        if vlan { "has" } else { "has no" }
+    );
+    println!(
+        "  all of it runs with `cargo xtask demo --in-box`: an emulated edge box with the \
+         example's slices, containers and VM (needs root; builds the box images the first time)"
+    );
+    Ok(())
 }
 
 /// The phase of object `name` in `fleetctl describe device`, if listed.

@@ -12,6 +12,9 @@ mod deb;
 mod debian;
 mod demo;
 mod demo_image;
+mod demo_in_box;
+#[cfg(test)]
+mod doc_checks;
 mod fuzz;
 mod hil;
 mod images;
@@ -55,7 +58,9 @@ enum Command {
     Test(test::TestArgs),
     /// Run a local demo: fleet-controller (embedded MQTT broker) + one
     /// edge-agent (device edge-1) on free loopback ports, apply the example
-    /// manifest with fleetctl and show the device converge.
+    /// manifest with fleetctl, show the device converge and say which parts
+    /// this host skipped and why. With --in-box, the whole example (slices,
+    /// containers, VM) runs in an emulated edge box instead.
     ///
     /// Processes are stopped at the end (also on error) unless
     /// --keep-running is given.

@@ -1,7 +1,8 @@
 //! SQLite store of the controller: devices, manifests, signed desired documents,
-//! acks, reports (deduplicated by `(device, seq)`), actual state and events.
+//! acks, reports (deduplicated by `(device, store_id, seq)`), actual state
+//! and events.
 //!
-//! The database is the source of truth for desired state (see DESIGN.md, "Sync
+//! The database is the source of truth for desired state (see docs/design.md, "Sync
 //! protocol"); it runs in WAL mode with `synchronous=FULL` so nothing that was
 //! acknowledged to an operator or device is lost on a crash.
 
@@ -320,7 +321,8 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Stores a report once; returns false when `(device, seq)` was already stored.
+    /// Stores a report once; returns false when `(device, store_id, seq)`
+    /// was already stored.
     pub fn insert_report(
         &self,
         device: &str,

@@ -53,8 +53,10 @@ impl AptRoot {
         archives: &[Archive],
         refresh: bool,
     ) -> Result<Self> {
+        // etc/empty stands for apt's SourceParts and PreferencesParts
+        // directories: it must exist, or every apt call warns.
         for sub in [
-            "etc",
+            "etc/empty",
             "lists/partial",
             "archives/partial",
             "cache",

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// Memory a VMM may use besides guest RAM, in MiB. Measured in the edge
 /// boxes with a Linux guest booted, reading its disk and answering pings
-/// (hil `vm_workload_in_box`): see DESIGN.md, "VMM".
+/// (hil `vm_workload_in_box`): see docs/design.md, "VMM".
 pub const VMM_OVERHEAD_MIB: u32 = 32;
 /// Tasks allowed besides one per vCPU: the event loop, KVM's own workers
 /// that run in the VMM's cgroup (e.g. kvm-nx-lpage-recovery), slack.

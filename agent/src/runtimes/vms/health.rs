@@ -10,17 +10,14 @@
 //!
 //! # Use
 //!
-//! Not wired into the VM runtime yet. The intended use, from the
-//! reconciler's VM runtime:
-//! - a VM counts as *ready* once [`check`] first succeeds (poll it every
-//!   second or so after the VMM starts, with a timeout of a few seconds
-//!   per call; the guest needs its boot time before it answers);
-//! - afterwards, [`check`] now and then (tens of seconds apart) tells a
-//!   hung guest from a running one; a falling uptime means the guest
-//!   rebooted;
-//! - to stop a VM, [`request_poweroff`] first, and only when it fails or
-//!   the VMM has not exited some seconds later, SIGTERM/SIGKILL the VMM
-//!   as today.
+//! The VM runtime ([`super`]) uses both:
+//! - a VM whose spec has `health: { guest_agent: true }` is checked with
+//!   [`check`] on its check's interval (failures do not count during its
+//!   start period); enough failures in a row make it unhealthy, and its
+//!   restart policy replaces its VMM;
+//! - to stop a VM, [`request_poweroff`] first; only when that fails, or
+//!   the guest has not powered off in time, does the VMM get SIGTERM and
+//!   then SIGKILL.
 //!
 //! Each call is one short connection; an error says which step failed
 //! (no VMM socket, no guest agent listening, an unexpected answer, or a
