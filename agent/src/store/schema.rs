@@ -11,7 +11,7 @@
 use durable_sqlite::M;
 
 /// Version 1: desired document, object states, outbox, metadata.
-const V1: &str = "
+pub(crate) const V1: &str = "
 CREATE TABLE IF NOT EXISTS desired (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     generation INTEGER NOT NULL,

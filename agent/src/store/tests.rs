@@ -185,37 +185,10 @@ fn read_only_open_of_missing_store_fails() {
     assert!(Store::open_read_only(&dir.path().join("none.db")).is_err());
 }
 
-/// The layout agents wrote before the store had schema versions
-/// (`user_version` 0), frozen here exactly as they created it.
-const UNVERSIONED_LAYOUT: &str = "
-CREATE TABLE IF NOT EXISTS desired (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    generation INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    signed BLOB NOT NULL,
-    accepted_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS objects (
-    name TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    message TEXT NOT NULL,
-    restarts INTEGER NOT NULL,
-    generation INTEGER NOT NULL,
-    spec BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL CHECK (kind IN ('ack', 'event', 'state', 'metrics')),
-    payload BLOB NOT NULL,
-    created_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, seq);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-";
+/// The layout written before schema versions existed (`user_version` 0):
+/// version 1's statements, run without recording a version. Released
+/// migrations are never edited, so this is that layout exactly.
+const UNVERSIONED_LAYOUT: &str = schema::V1;
 
 #[test]
 fn a_store_written_before_schema_versions_opens_with_everything() {

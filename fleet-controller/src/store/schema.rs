@@ -11,7 +11,7 @@
 use durable_sqlite::M;
 
 /// Version 1: devices, manifests, desired documents, reports, events.
-const V1: &str = "
+pub(crate) const V1: &str = "
 CREATE TABLE IF NOT EXISTS devices (
     name TEXT PRIMARY KEY,
     arch TEXT NOT NULL DEFAULT '',

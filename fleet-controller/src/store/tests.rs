@@ -53,55 +53,10 @@ fn uncommitted_transactions_change_nothing() {
     assert!(store.devices().unwrap().is_empty());
 }
 
-/// The layout controllers wrote before the database had schema versions
-/// (`user_version` 0), frozen here exactly as they created it.
-const UNVERSIONED_LAYOUT: &str = "
-CREATE TABLE IF NOT EXISTS devices (
-    name TEXT PRIMARY KEY,
-    arch TEXT NOT NULL DEFAULT '',
-    agent_version TEXT NOT NULL DEFAULT '',
-    labels TEXT NOT NULL DEFAULT '{}',
-    online INTEGER NOT NULL DEFAULT 0,
-    last_seen_ms INTEGER NOT NULL DEFAULT 0,
-    hello_generation INTEGER NOT NULL DEFAULT 0,
-    acked_generation INTEGER NOT NULL DEFAULT 0,
-    applied_generation INTEGER NOT NULL DEFAULT 0,
-    state_seq INTEGER NOT NULL DEFAULT 0,
-    objects TEXT NOT NULL DEFAULT '[]',
-    last_error TEXT NOT NULL DEFAULT '',
-    store_id INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS manifests (
-    name TEXT PRIMARY KEY,
-    body TEXT NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS desired (
-    device TEXT PRIMARY KEY,
-    generation INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    signed BLOB NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS reports (
-    device TEXT NOT NULL,
-    store_id INTEGER NOT NULL DEFAULT 0,
-    seq INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    UNIQUE(device, store_id, seq)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    device TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    severity TEXT NOT NULL,
-    object TEXT,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_device ON events(device, id);
-";
+/// The layout written before schema versions existed (`user_version` 0):
+/// version 1's statements, run without recording a version. Released
+/// migrations are never edited, so this is that layout exactly.
+const UNVERSIONED_LAYOUT: &str = schema::V1;
 
 #[test]
 fn a_database_written_before_schema_versions_opens_with_everything() {
