@@ -241,12 +241,53 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // A VM runs once its VMM does; its guest has booted once its init says so.
+    let vms = vm_names(&manifest)?;
+    if !vms.is_empty() {
+        progress("waiting for the VM's guest to boot (its serial console)");
+    }
+    for vm in vms {
+        let console = loop {
+            let console = box_sh(&edge, &format!("edge-agent logs {vm}"))?;
+            if console.contains(GUEST_BOOTED) {
+                break console;
+            }
+            if started.elapsed() > timeout {
+                return Err(format!(
+                    "the guest of VM {vm} did not boot within {}s:\n{console}",
+                    timeout.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        progress(&format!(
+            "{vm}'s guest booted, {:.1} s after the apply ({} console lines)",
+            started.elapsed().as_secs_f64(),
+            console.lines().count()
+        ));
+    }
     Ok(ExampleRun {
         lab,
         edge,
         manifest,
         adjustments,
     })
+}
+
+/// What the test guest's init prints once it has booted.
+pub const GUEST_BOOTED: &str = "MECVISOR-GUEST-BOOTED";
+
+/// Names of the VM workloads of a manifest.
+fn vm_names(manifest: &str) -> Result<Vec<String>, String> {
+    let doc: Value = serde_norway::from_str(manifest).map_err(|e| e.to_string())?;
+    Ok(doc["workloads"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|w| w.get("vm").is_some())
+        .filter_map(|w| w["name"].as_str().map(str::to_string))
+        .collect())
 }
 
 /// Runs `script` in the box; its output, or why not (non-zero exit too).

@@ -40,7 +40,7 @@ fn the_example_manifest_runs_in_an_x86_64_box() {
     }
     let console = example::box_sh(&run.edge, "edge-agent logs upf").unwrap();
     assert!(
-        console.contains("MECVISOR-GUEST-BOOTED"),
+        console.contains(example::GUEST_BOOTED),
         "the VM's guest did not boot:\n{console}"
     );
 }

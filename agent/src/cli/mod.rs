@@ -41,14 +41,10 @@ enum Command {
     /// is not running) when no agent answers on the socket.
     Status {
         /// Agent configuration file; its data_dir locates socket and store.
-        #[arg(
-            long,
-            value_name = "FILE",
-            required_unless_present = "socket",
-            conflicts_with = "socket"
-        )]
-        config: Option<PathBuf>,
-        /// Status socket of the agent; the store is agent.db next to it.
+        #[arg(long, value_name = "FILE", default_value = "/etc/mecvisor/agent.toml")]
+        config: PathBuf,
+        /// Status socket of the agent instead of the config's; the store is
+        /// agent.db next to it.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
         /// Output format: a table for humans (default) or the JSON document.
@@ -244,22 +240,18 @@ pub fn main() -> ExitCode {
             socket,
             output,
         } => {
-            let (socket, db, device) = match (config, socket) {
-                (Some(path), _) => match config::Config::load(&path) {
+            let (socket, db, device) = match socket {
+                Some(socket) => {
+                    let db = socket.with_file_name("agent.db");
+                    (socket, db, None)
+                }
+                None => match config::Config::load(&config) {
                     Ok(c) => (c.socket_path(), c.db_path(), Some(c.device)),
                     Err(e) => {
                         eprintln!("error: {e}");
                         return ExitCode::from(2);
                     }
                 },
-                (None, Some(socket)) => {
-                    let db = socket.with_file_name("agent.db");
-                    (socket, db, None)
-                }
-                (None, None) => {
-                    eprintln!("error: give --config or --socket");
-                    return ExitCode::from(2);
-                }
             };
             match status::query(&socket, &db, device.as_deref()) {
                 Ok(status) => {
