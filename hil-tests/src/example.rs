@@ -141,16 +141,17 @@ pub fn run(
     timeout: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<ExampleRun, String> {
-    if let Some(why) = missing(arch) {
+    if let Some(why) = missing_prerequisite(&[arch]) {
         return Err(why);
     }
     let guest = BootImage::load(arch, "guest")?;
+    let layout = busybox_layout()?;
     let mut lab = Lab::start()?;
     let payload = lab.dir().join("payload");
     std::fs::create_dir_all(&payload).map_err(|e| format!("{}: {e}", payload.display()))?;
     let copied = Command::new("cp")
         .arg("-r")
-        .arg(busybox_layout()?)
+        .arg(&layout)
         .arg(payload.join("busybox"))
         .status()
         .map_err(|e| format!("cp: {e}"))?;

@@ -217,19 +217,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Slices { output } => match slices::read() {
-            Ok(list) => {
-                match output {
-                    Some(Output::Json) => match serde_json::to_string_pretty(&list) {
-                        Ok(text) => println!("{text}"),
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return ExitCode::FAILURE;
-                        }
-                    },
-                    None => print!("{}", slices::render(&list)),
-                }
-                ExitCode::SUCCESS
-            }
+            Ok(list) => print_as(output, &list, |l: &Vec<_>| slices::render(l)),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
@@ -254,19 +242,7 @@ pub fn main() -> ExitCode {
                 },
             };
             match status::query(&socket, &db, device.as_deref()) {
-                Ok(status) => {
-                    match output {
-                        Some(Output::Json) => match serde_json::to_string_pretty(&status) {
-                            Ok(text) => println!("{text}"),
-                            Err(e) => {
-                                eprintln!("error: {e}");
-                                return ExitCode::FAILURE;
-                            }
-                        },
-                        None => print!("{}", status::render(&status)),
-                    }
-                    ExitCode::SUCCESS
-                }
+                Ok(status) => print_as(output, &status, status::render),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
@@ -274,4 +250,23 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Prints `value` as pretty JSON with `-o json`, else as `table` renders it.
+fn print_as<T: serde::Serialize>(
+    output: Option<Output>,
+    value: &T,
+    table: impl Fn(&T) -> String,
+) -> ExitCode {
+    match output {
+        Some(Output::Json) => match serde_json::to_string_pretty(value) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => print!("{}", table(value)),
+    }
+    ExitCode::SUCCESS
 }

@@ -473,14 +473,15 @@ impl Reconciler {
         if !waiting {
             return;
         }
+        let references = spec.artifacts();
         let event = match self.runtimes.artifacts.unsupported() {
-            _ if spec.artifacts().is_empty() => Event::Fetched,
+            _ if references.is_empty() => Event::Fetched,
             Some(reason) => Event::Unsupported {
                 reason: reason.to_string(),
             },
-            None => fetch_all(&mut self.runtimes, spec).await,
+            None => fetch_all(&mut self.runtimes, &references).await,
         };
-        if event == Event::Fetched && !spec.artifacts().is_empty() {
+        if event == Event::Fetched && !references.is_empty() {
             debug!("artifacts ready");
         }
         self.on(name, event, now);
@@ -524,10 +525,10 @@ impl Reconciler {
     }
 }
 
-/// Fetches every artifact of `spec`: [`Event::Fetched`] or why not.
-async fn fetch_all(runtimes: &mut Runtimes, spec: &ObjectSpec) -> Event {
-    for reference in spec.artifacts() {
-        match runtimes.artifacts.ensure(&reference).await {
+/// Fetches every one of `references`: [`Event::Fetched`] or why not.
+async fn fetch_all(runtimes: &mut Runtimes, references: &[String]) -> Event {
+    for reference in references {
+        match runtimes.artifacts.ensure(reference).await {
             Ok(()) => {}
             Err(RuntimeError::Unsupported { reason }) => return Event::Unsupported { reason },
             Err(e) => {

@@ -215,9 +215,8 @@ impl Life {
             }
         };
         life.state = match (&self.state, event) {
-            (S::Removing { .. } | S::Removed, Event::Unwanted { .. }) if self.removable() => {
-                return None
-            }
+            // Removal under way: another `Unwanted` changes nothing.
+            (S::Removing { .. } | S::Removed, Event::Unwanted { .. }) => return None,
             (_, Event::Unwanted { applied: false }) => S::Removed,
             (_, Event::Unwanted { applied: true }) => S::Removing {
                 retry_at: None,
@@ -286,14 +285,6 @@ impl Life {
             _ => return None,
         };
         Some(life)
-    }
-
-    /// Whether removal is under way (another `Unwanted` changes nothing).
-    fn removable(&self) -> bool {
-        matches!(
-            self.state,
-            ObjectState::Removing { .. } | ObjectState::Removed
-        )
     }
 }
 

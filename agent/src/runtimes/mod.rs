@@ -60,6 +60,14 @@ impl RuntimeError {
         RuntimeError::Failed(e.to_string())
     }
 
+    /// `spec` handed to the runtime of `expected`, which it is not.
+    pub fn wrong_kind(spec: &ObjectSpec, expected: ObjectKind) -> RuntimeError {
+        RuntimeError::WrongKind {
+            name: spec.name().to_string(),
+            expected,
+        }
+    }
+
     /// A blocking worker thread that did not finish.
     pub fn worker(e: tokio::task::JoinError) -> RuntimeError {
         RuntimeError::Worker(e.to_string())

@@ -59,10 +59,7 @@ impl Runtime for SliceRuntime {
     fn apply<'a>(&'a mut self, spec: &'a ObjectSpec) -> RuntimeFuture<'a, ()> {
         Box::pin(async move {
             let ObjectSpec::Slice(slice) = spec else {
-                return Err(RuntimeError::WrongKind {
-                    name: spec.name().to_string(),
-                    expected: ObjectKind::Slice,
-                });
+                return Err(RuntimeError::wrong_kind(spec, ObjectKind::Slice));
             };
             let mut net = self.net.lock().await;
             net.put_slice(Slice::from_spec(slice));

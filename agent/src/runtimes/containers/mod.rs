@@ -222,22 +222,15 @@ async fn leave_slice(inner: &Inner, workload: &str) -> Result<(), RuntimeError> 
         .map_err(RuntimeError::failed)
 }
 
-fn wrong_kind(spec: &ObjectSpec) -> RuntimeError {
-    RuntimeError::WrongKind {
-        name: spec.name().to_string(),
-        expected: ObjectKind::Container,
-    }
-}
-
 fn container_of(
     spec: &ObjectSpec,
 ) -> Result<(&WorkloadSpec, &mecvisor_protocol::ContainerSpec), RuntimeError> {
     match spec {
         ObjectSpec::Workload(w) => match &w.kind {
             WorkloadKind::Container(c) => Ok((w, c)),
-            WorkloadKind::Vm(_) => Err(wrong_kind(spec)),
+            WorkloadKind::Vm(_) => Err(RuntimeError::wrong_kind(spec, ObjectKind::Container)),
         },
-        ObjectSpec::Slice(_) => Err(wrong_kind(spec)),
+        ObjectSpec::Slice(_) => Err(RuntimeError::wrong_kind(spec, ObjectKind::Container)),
     }
 }
 

@@ -218,20 +218,13 @@ async fn check_health(inner: &Inner) -> bool {
     turned
 }
 
-fn wrong_kind(spec: &ObjectSpec) -> RuntimeError {
-    RuntimeError::WrongKind {
-        name: spec.name().to_string(),
-        expected: ObjectKind::Vm,
-    }
-}
-
 fn vm_of(spec: &ObjectSpec) -> Result<(&WorkloadSpec, &VmSpec), RuntimeError> {
     match spec {
         ObjectSpec::Workload(w) => match &w.kind {
             WorkloadKind::Vm(vm) => Ok((w, vm)),
-            WorkloadKind::Container(_) => Err(wrong_kind(spec)),
+            WorkloadKind::Container(_) => Err(RuntimeError::wrong_kind(spec, ObjectKind::Vm)),
         },
-        ObjectSpec::Slice(_) => Err(wrong_kind(spec)),
+        ObjectSpec::Slice(_) => Err(RuntimeError::wrong_kind(spec, ObjectKind::Vm)),
     }
 }
 
